@@ -1,0 +1,62 @@
+"""``sweeper check``: the classic dropout debugging step before a sweep.
+
+With dropout on, the training loss is noisy by design, so a bug hides behind the noise. Turn every
+dropout rate to 0 (keep probability 1), train briefly, and confirm the loss goes down steadily.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sweeper.objective import fit, prepare_data
+from sweeper.space import Hparams
+from sweeper.spec import StudySpec
+
+
+@dataclass
+class CheckResult:
+    losses: list[float]
+    passed: bool
+    verdict: str
+
+
+def dropout_off_check(spec: StudySpec, epochs: int = 5, tolerance: float = 0.01) -> CheckResult:
+    """Train with no dropout or other regularizer at the low end of the lr range; judge the loss curve."""
+    data = prepare_data(spec)
+    lo = spec.space.lr_scale.bounds()[0]
+    momentum = spec.space.momentum.bounds()[0]
+    hp = Hparams(dropout=(0.0,) * (spec.network.n_hidden + 1), momentum=momentum, lr_scale=lo)
+    settings = spec.train.model_copy(update={"epochs": epochs})
+    losses: list[float] = []
+    try:
+        fit(
+            spec.model_copy(update={"train": settings}),
+            data,
+            hp,
+            spec.seed,
+            lambda e, m: losses.append(m["train_loss"]),
+        )
+    except Exception as e:  # a divergence is the verdict, not a crash
+        return CheckResult(losses, False, f"FAIL: training broke off: {e}. Lower train.base_lr.")
+    rises = [i for i in range(1, len(losses)) if losses[i] > losses[i - 1] * (1 + tolerance)]
+    curve = " -> ".join(f"{v:.4f}" for v in losses)
+    if rises:
+        return CheckResult(
+            losses,
+            False,
+            f"FAIL: with dropout off the training loss rose at epoch(s) {rises}: {curve}. "
+            "Lower train.base_lr or check the data and network before sweeping.",
+        )
+    if len(losses) > 1 and losses[-1] > losses[0] * 0.98:
+        return CheckResult(
+            losses,
+            False,
+            f"FAIL: with dropout off the training loss hardly moved: {curve}. "
+            "Raise train.base_lr or check that labels match inputs.",
+        )
+    return CheckResult(
+        losses,
+        True,
+        f"PASS: with dropout off (keep probability 1) the training loss fell "
+        f"steadily over {len(losses)} epochs: {curve}",
+    )

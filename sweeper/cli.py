@@ -1,0 +1,248 @@
+"""The ``sweeper`` command: a thin click shell over ``sweeper.api``."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from sweeper.errors import SweeperError
+
+
+class UserError(click.ClickException):
+    """A user's mistake: message, exit code 2, no traceback."""
+
+    exit_code = 2
+
+
+def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SweeperError as e:
+            raise UserError(str(e)) from None
+
+    return wrapper
+
+
+storage_opt = click.option(
+    "--storage", envvar="SWEEPER_STORAGE", help="Study database URL [default: sqlite:///sweeper.db]."
+)
+tracking_opt = click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    help="MLflow tracking URI [default: sqlite:///mlflow.db]; '' turns tracking off.",
+)
+population_opt = click.option(
+    "--population",
+    type=click.IntRange(min=1),
+    help="Train this many trials at once, stacked on one device (built-in mlp) [default: train.population, 1].",
+)
+
+
+def study_file_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """STUDY_FILE and the options of a command that creates or resumes the study in it."""
+    for opt in reversed(
+        [
+            click.argument("study_file", type=click.Path(dir_okay=False)),
+            click.option("--trials", type=click.IntRange(min=1), help="Budget of finished trials (overrides file)."),
+            storage_opt,
+            tracking_opt,
+            click.option("--allow-changed-spec", is_flag=True, help="Resume a study even if its study file changed."),
+        ]
+    ):
+        fn = opt(fn)
+    return fn
+
+
+@click.group()
+@click.version_option(package_name="sweeper")
+def main() -> None:
+    """Regularization sweeps (dropout, L2/L1, momentum, lr scale, max-norm) for PyTorch networks."""
+
+
+@main.command()
+@study_file_opts
+@population_opt
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes on this machine; they share the trial budget.",
+)
+@click.option("--gpus", help="GPUs for the workers, round-robin: 'all' (default), 'none' (CPU) or ids like '0,2'.")
+@_errors
+def launch(
+    study_file: str,
+    trials: int | None,
+    storage: str | None,
+    tracking_uri: str | None,
+    allow_changed_spec: bool,
+    population: int | None,
+    workers: int,
+    gpus: str | None,
+) -> None:
+    """Create (or resume) the study in STUDY_FILE and run it to its budget."""
+    from sweeper import api
+
+    rep = api.launch(
+        study_file,
+        trials,
+        storage,
+        tracking_uri,
+        allow_changed_spec,
+        progress=True,
+        population=population,
+        workers=workers,
+        gpus=gpus,
+    )
+    _print_report(rep)
+
+
+@main.command()
+@study_file_opts
+@_errors
+def create(
+    study_file: str, trials: int | None, storage: str | None, tracking_uri: str | None, allow_changed_spec: bool
+) -> None:
+    """Create (or resume) the study in STUDY_FILE without running trials; workers join it by name."""
+    from sweeper import api
+
+    spec = api.create(study_file, trials, storage, tracking_uri, allow_changed_spec)
+    click.echo(f"study {spec.name!r} ready: start workers with 'sweeper worker {spec.name}'")
+
+
+@main.command()
+@click.argument("study_name")
+@storage_opt
+@tracking_opt
+@population_opt
+@click.option(
+    "--worker-id",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="This worker's number: seeds its sampler and tags its trials.",
+)
+@click.option("--device", help="cpu | cuda | cuda:N [default: the study file's train.device].")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@_errors
+def worker(
+    study_name: str,
+    storage: str | None,
+    tracking_uri: str | None,
+    population: int | None,
+    worker_id: int,
+    device: str | None,
+    progress: bool,
+) -> None:
+    """Join the existing study STUDY_NAME and run trials until its budget is met (SIGTERM/Ctrl-C stop it cleanly)."""
+    from sweeper import api
+
+    n = api.join(
+        study_name, storage, tracking_uri, progress=progress, population=population, worker_id=worker_id, device=device
+    )
+    click.echo(f"worker ran {n} trial(s)")
+
+
+@main.command()
+@click.argument("study_name", required=False)
+@storage_opt
+@_errors
+def status(study_name: str | None, storage: str | None) -> None:
+    """Trials by state and the best value, for one study or all."""
+    from sweeper import api
+
+    reps = [api.report(study_name, storage)] if study_name else api.list_studies(storage)
+    if not reps:
+        click.echo("no studies yet: start one with 'sweeper launch studies/mnist1d_mlp.yaml'")
+    for rep in reps:
+        _print_report(rep)
+
+
+@main.command()
+@click.argument("study_name")
+@storage_opt
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@_errors
+def best(study_name: str, storage: str | None, as_json: bool) -> None:
+    """The best trial's parameters, value and test score."""
+    from sweeper import api
+
+    rep = api.report(study_name, storage)
+    if rep.best_trial is None:
+        raise UserError(f"study {study_name!r} has no completed trial yet")
+    out = {
+        "study": rep.name,
+        "trial": rep.best_trial,
+        "value": rep.best_value,
+        "params": rep.best_params,
+        "test": rep.test,
+    }
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(f"best trial #{rep.best_trial} of {rep.name}: {rep.best_value:.4f}")
+    for k, v in rep.best_params.items():
+        click.echo(f"  {k:<20} {v}")
+    if rep.test:
+        click.echo(f"  test accuracy        {rep.test['test_accuracy']:.4f}  (scored once, not used for selection)")
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--epochs", type=click.IntRange(min=2), default=5, show_default=True)
+@_errors
+def check(study_file: str, epochs: int) -> None:
+    """Train briefly with dropout off and confirm the training loss goes down steadily."""
+    from sweeper.check import dropout_off_check
+    from sweeper.spec import load_spec
+
+    result = dropout_off_check(load_spec(study_file), epochs)
+    click.echo(result.verdict)
+    if not result.passed:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.argument("study_name", required=False)
+@tracking_opt
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option(
+    "--allowed-hosts",
+    help="Host headers the UI answers besides localhost and private IPs, "
+    "e.g. 'mlflow.example.com' when it is reached by name through a proxy (MLflow's DNS-rebinding guard).",
+)
+@_errors
+def ui(study_name: str | None, tracking_uri: str | None, host: str, port: int, allowed_hosts: str | None) -> None:
+    """Start the MLflow dashboard on the tracking store (Ctrl-C stops it)."""
+    from sweeper.storage import mask_url
+    from sweeper.storage import tracking_uri as resolve
+    from sweeper.ui import experiment_url, serve_forever, start_server
+
+    uri = resolve(tracking_uri)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = experiment_url(uri, f"http://{shown}:{port}", study_name)  # a wrong study name fails before the server starts
+    proc = start_server(uri, host, port, allowed_hosts=allowed_hosts)
+    click.echo(f"MLflow UI on {mask_url(uri)}: {url}")
+    click.echo("Ctrl-C to stop")
+    serve_forever(proc)
+
+
+def _print_report(rep: Any) -> None:
+    counts = ", ".join(f"{v} {k}" for k, v in rep.counts.items() if v)
+    click.echo(f"{rep.name}: {counts or 'no trials'} (budget {rep.budget})")
+    if rep.best_trial is not None:
+        click.echo(f"  best value {rep.best_value:.4f} (trial #{rep.best_trial})")
+    if rep.test:
+        click.echo(f"  best trial's test accuracy {rep.test['test_accuracy']:.4f}")
+
+
+if __name__ == "__main__":  # the launcher starts workers as ``python -m sweeper.cli worker``
+    main()

@@ -1,0 +1,127 @@
+"""Start N worker processes on one machine, each pinned to a GPU (or on the CPU), and wait for them.
+
+The study already exists (``api.launch`` created it once), so workers only load it and no two
+processes race to create tables. Each worker is ``python -m sweeper.cli worker NAME --worker-id i``;
+the storage URL and tracking URI travel in the environment, not on the command line, so a
+database password never shows in ``ps``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from sweeper.errors import SpecError
+from sweeper.storage import normalize_url
+
+_warned: set[str] = set()
+
+
+def parse_gpus(gpus: str | None) -> list[str]:
+    """GPU ids to pin workers to, round-robin: ``all`` (default) every visible GPU, ``none`` the CPU, or ``0,2``."""
+    choice = (gpus or "all").strip().lower()
+    if choice == "none":
+        return []
+    import torch
+
+    count = torch.cuda.device_count()
+    if choice == "all":
+        return [str(i) for i in range(count)]
+    ids = [g.strip() for g in choice.split(",") if g.strip()]
+    if not ids or not all(g.isdigit() for g in ids):
+        raise SpecError(f"--gpus takes 'all', 'none' or GPU ids like '0,2', but got {gpus!r}")
+    missing = [g for g in ids if int(g) >= count]
+    if missing:
+        raise SpecError(
+            f"--gpus {gpus!r} names GPU {', '.join(missing)} but this machine has {count} "
+            f"(ids 0..{count - 1}); use '--gpus all' or '--gpus none'"
+        )
+    return ids
+
+
+def warn_sqlite(storage: str, workers: int) -> None:
+    """Several writers on one SQLite file take turns on its lock; say so once."""
+    if workers > 1 and storage.startswith("sqlite") and "sqlite" not in _warned:
+        _warned.add("sqlite")
+        print(
+            f"warning: {workers} workers on SQLite take turns writing the study file; it works on one machine "
+            "but for many workers use PostgreSQL (--storage postgresql://user@host/db)",
+            file=sys.stderr,
+        )
+
+
+def worker_env(storage: str, tracking: str | None, gpu: str | None) -> dict[str, str]:
+    env = {**os.environ, "SWEEPER_STORAGE": normalize_url(storage), "PYTHONUNBUFFERED": "1"}
+    env["MLFLOW_TRACKING_URI"] = tracking or ""
+    env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else ""  # "" hides every GPU: the worker uses the CPU
+    return env
+
+
+def start_workers(
+    study_name: str,
+    storage: str,
+    tracking: str | None,
+    workers: int,
+    gpus: str | None = None,
+    population: int | None = None,
+    first_id: int = 0,
+) -> list[subprocess.Popen[bytes]]:
+    """Start the worker processes; worker ``i`` gets GPU ``ids[i % len(ids)]`` (several per GPU is fine)."""
+    if workers < 1:
+        raise SpecError(f"--workers must be >= 1, but got {workers}")
+    ids = parse_gpus(gpus)
+    warn_sqlite(storage, workers)
+    procs = []
+    for i in range(first_id, first_id + workers):
+        gpu = ids[i % len(ids)] if ids else None
+        cmd = [sys.executable, "-m", "sweeper.cli", "worker", study_name, "--worker-id", str(i), "--no-progress"]
+        if gpu is None:
+            cmd += ["--device", "cpu"]
+        if population:
+            cmd += ["--population", str(population)]
+        procs.append(subprocess.Popen(cmd, env=worker_env(storage, tracking, gpu)))
+    return procs
+
+
+def wait_workers(procs: list[subprocess.Popen[bytes]], grace: float = 30.0) -> list[int]:
+    """Wait for every worker; SIGTERM or Ctrl-C here is passed on to them (each stops its trial cleanly)."""
+
+    def forward(signum: int, frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.2)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    return [p.returncode for p in procs]
+
+
+def run_workers(
+    study_name: str,
+    storage: str,
+    tracking: str | None,
+    workers: int,
+    gpus: str | None = None,
+    population: int | None = None,
+) -> list[int]:
+    """Run ``workers`` processes on the study until its budget is met; their exit codes."""
+    codes = wait_workers(start_workers(study_name, storage, tracking, workers, gpus, population))
+    bad = [f"worker {i}: exit {c}" for i, c in enumerate(codes) if c != 0]
+    if bad:
+        print(f"warning: {len(bad)} worker(s) failed ({'; '.join(bad)}); see their output above", file=sys.stderr)
+    return codes

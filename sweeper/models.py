@@ -1,0 +1,83 @@
+"""Networks: the built-in MLP with per-layer inverted dropout, and user-supplied builders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from sweeper.errors import SpecError
+from sweeper.loader import load_callable
+
+if TYPE_CHECKING:
+    from sweeper.spec import NetworkSpec
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+
+
+class MLP(nn.Module):
+    """Input dropout, then per hidden layer: Linear -> [BatchNorm] -> activation -> Dropout.
+
+    ``dropout[0]`` is the input layer's rate, ``dropout[i]`` the i-th hidden layer's. ``nn.Dropout``
+    is inverted dropout: kept units are scaled by 1/(1-p) in training, and it is the identity in
+    ``eval()``, so no rescaling is needed at test time.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        hidden: tuple[int, ...],
+        dropout: tuple[float, ...],
+        batch_norm: bool = False,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        if len(dropout) != len(hidden) + 1:
+            raise ValueError(f"need {len(hidden) + 1} dropout rates (input + hidden), got {len(dropout)}")
+        layers: list[nn.Module] = [nn.Dropout(dropout[0])]
+        width = in_features
+        for h, p in zip(hidden, dropout[1:], strict=True):
+            layers.append(nn.Linear(width, h))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(h))
+            layers += [_ACTIVATIONS[activation](), nn.Dropout(p)]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def build_network(
+    spec: NetworkSpec, in_features: int, num_classes: int, dropout: tuple[float, ...], batch_norm: bool, base_dir: str
+) -> nn.Module:
+    """The study's network for one trial's dropout rates."""
+    if spec.type == "mlp":
+        return MLP(in_features, num_classes, spec.hidden, dropout, batch_norm, spec.activation)
+    assert spec.factory is not None
+    fn = load_callable(spec.factory, base_dir, "network.factory")
+    model = fn(in_features=in_features, num_classes=num_classes, dropout=list(dropout), batch_norm=batch_norm)
+    if not isinstance(model, nn.Module):
+        raise SpecError(
+            f"network.factory {spec.factory!r} must return a torch.nn.Module, but got {type(model).__name__}"
+        )
+    return model
+
+
+@torch.no_grad()
+def apply_max_norm(model: nn.Module, c: float) -> None:
+    """Constrain each unit's incoming weight vector to L2 norm <= c (Srivastava et al. 2014, sec. 5.1)."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            m.weight.copy_(torch.renorm(m.weight, p=2, dim=0, maxnorm=c))
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
+    """Optimizer groups: L2 on weight matrices only, never on biases or batch-norm parameters."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    rest = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]

@@ -1,0 +1,71 @@
+"""The objective: one trial's hyperparameters in, its validation metric out. No tracking here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import optuna
+import torch
+from torch import nn
+
+from sweeper.data import Dataset, load_dataset
+from sweeper.errors import DivergedError
+from sweeper.models import build_network
+from sweeper.space import Hparams
+from sweeper.spec import StudySpec
+from sweeper.train import EpochHook, StepHook, resolve_device, seed_everything, train, trial_seed
+
+TrialHook = Callable[[optuna.Trial, int, dict[str, float]], None]
+
+
+def fit(
+    spec: StudySpec,
+    data: Dataset,
+    hp: Hparams,
+    seed: int,
+    on_epoch: EpochHook | None = None,
+    on_step: StepHook | None = None,
+) -> tuple[nn.Module, dict[str, float]]:
+    """Build the study's network for ``hp`` and train it; the same seed gives the same network."""
+    seed_everything(seed)
+    model = build_network(spec.network, data.in_features, data.num_classes, hp.dropout, hp.batch_norm, spec.base_dir)
+    model.to(data.train.x.device)
+    return model, train(model, data, hp, spec.train, seed, on_epoch, on_step)
+
+
+def prepare_data(spec: StudySpec, device: torch.device | str | None = None) -> Dataset:
+    """Load the study's data once per worker and move it to the device for all its trials."""
+    return load_dataset(spec.data, spec.seed, spec.base_dir).to(device or resolve_device(spec.train.device))
+
+
+class Objective:
+    """``objective(trial) -> float``: trains one network and returns ``spec.metric`` on validation.
+
+    ``hooks`` see every epoch's metrics (tracking lives there, at the edge); pruning is decided
+    by the study's pruner from what is reported here. ``on_step`` runs after every training step
+    (the worker's stop check).
+    """
+
+    def __init__(
+        self, spec: StudySpec, data: Dataset, hooks: Sequence[TrialHook] = (), on_step: StepHook | None = None
+    ) -> None:
+        self.spec, self.data, self.hooks, self.on_step = spec, data, list(hooks), on_step
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        hp = self.spec.space.suggest(trial, self.spec.network.n_hidden)
+        trial.set_user_attr("lr", self.spec.train.base_lr * hp.lr_scale)
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            trial.report(metrics[self.spec.metric], epoch)
+            for hook in self.hooks:
+                hook(trial, epoch, metrics)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        try:
+            _, metrics = fit(self.spec, self.data, hp, trial_seed(self.spec.seed, trial.number), on_epoch, self.on_step)
+        except DivergedError as e:
+            # a diverged trial says something about its region of the space: keep it as pruned, with why
+            trial.set_user_attr("end_reason", str(e))
+            raise optuna.TrialPruned(str(e)) from None
+        return metrics[self.spec.metric]

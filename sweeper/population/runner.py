@@ -1,0 +1,212 @@
+"""A worker's loop for population training: ask up to K trials, train them stacked, report each one.
+
+Each member reports to its own Optuna trial every epoch and is pruned by the study's pruner
+(or when it diverges, with the reason in ``end_reason`` as in ``objective.Objective``). A member
+that leaves frees its slot and the slot is refilled with a new trial from ``study.ask``, until the
+study's running plus finished trials reach the budget (claimed as ``sweeper.budget`` does).
+MLflow hooks, Optuna reports, pruning decisions and trial-end callbacks run on one background
+thread while the device trains the next epoch, so storage and tracking I/O never stall it; a
+pruning decision lands one epoch late and the pruned member's extra epoch is dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeper.budget import claims, wait_for_slot
+from sweeper.data import Dataset
+from sweeper.errors import SpecError
+from sweeper.population.trainer import EpochResult, PopulationTrainer
+from sweeper.space import Hparams
+from sweeper.spec import StudySpec
+from sweeper.train import trial_seed
+
+TrialHook = Callable[[optuna.Trial, int, dict[str, float]], None]
+StudyCallback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+class _Heartbeat:
+    """One thread beating for every running member, as ``study.optimize`` does for its one trial,
+    so other workers' stale-trial check does not fail trials that are alive in a population."""
+
+    def __init__(self, study: optuna.Study, trial_ids: Callable[[], list[int]]) -> None:
+        from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+        storage = study._storage
+        self.storage = storage if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage) else None
+        self.trial_ids, self.stop = trial_ids, threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Heartbeat:
+        if self.storage is not None:
+            self.thread = threading.Thread(target=self._beat, name="sweeper-heartbeat", daemon=True)
+            self.thread.start()
+        return self
+
+    def beat(self, trial_id: int) -> None:
+        if self.storage is not None:
+            self.storage.record_heartbeat(trial_id)
+
+    def _beat(self) -> None:
+        assert self.storage is not None
+        interval = self.storage.get_heartbeat_interval() or 60
+        while not self.stop.wait(interval):
+            for trial_id in self.trial_ids():
+                try:
+                    self.beat(trial_id)
+                except Exception:  # a missed beat is retried at the next interval
+                    pass
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+class PopulationRunner:
+    """``PopulationRunner(study, spec, data, K, budget, ...).run()`` trains until ``budget`` trials finished."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        spec: StudySpec,
+        data: Dataset,
+        size: int,
+        budget: int,
+        where: dict[str, str] | None = None,
+        hooks: Sequence[TrialHook] = (),
+        callbacks: Sequence[StudyCallback] = (),
+        poll: float = 2.0,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"population size must be >= 1, got {size}")
+        self.study, self.spec, self.size, self.budget = study, spec, size, budget
+        self.where, self.hooks, self.callbacks = where or {}, list(hooks), list(callbacks)
+        self.poll = poll
+        self.trainer = PopulationTrainer(data, spec.train, spec.network, mask_seed=spec.seed)
+        self.active: dict[int, optuna.Trial] = {}
+        self.ran = 0
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-io")
+        self.heartbeat = _Heartbeat(study, lambda: [t._trial_id for t in list(self.active.values())])
+
+    def _refill(self) -> None:
+        """Ask trials for the free slots, claiming budget the way ``sweeper.budget`` does for one trial."""
+        finished, running = claims(self.study)  # running counts every worker's trials, ours included
+        free = min(self.size - self.trainer.size, self.budget - finished - running)
+        keys, hps, seeds = [], [], []
+        for _ in range(max(free, 0)):
+            with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
+                warnings.simplefilter("ignore", UserWarning)
+                trial = self.study.ask()
+            self.heartbeat.beat(trial._trial_id)
+            finished, earlier = claims(self.study, before=self.study._storage.get_trial(trial._trial_id))
+            if finished + earlier >= self.budget:  # another worker claimed the slot at the same moment
+                self._finish(
+                    trial,
+                    TrialState.FAIL,
+                    reason=f"budget of {self.budget} finished trials claimed by other workers; trial not trained",
+                )
+                break
+            for k, v in self.where.items():
+                trial.set_user_attr(k, v)
+            try:
+                hp: Hparams = self.spec.space.suggest(trial, self.spec.network.n_hidden)
+            except ValueError as e:  # the study file's space does not fit its network: every trial would fail
+                self._finish(trial, TrialState.FAIL, reason=str(e))
+                self.trainer.add(keys, hps, seeds)
+                raise SpecError(str(e)) from None
+            trial.set_user_attr("lr", self.spec.train.base_lr * hp.lr_scale)
+            self.active[trial.number] = trial
+            keys.append(trial.number)
+            hps.append(hp)
+            seeds.append(trial_seed(self.spec.seed, trial.number))
+        self.trainer.add(keys, hps, seeds)
+
+    def _finish(self, trial: optuna.Trial, state: TrialState, value: float | None = None, reason: str = "") -> None:
+        if reason:
+            trial.set_user_attr("end_reason", reason)
+        frozen = self.study.tell(trial, value, state=state)
+        for cb in self.callbacks:
+            cb(self.study, frozen)
+
+    def _decide(self, results: list[EpochResult]) -> list[Hashable]:
+        """On the I/O thread: report each member's epoch, run the hooks, prune or finish; return who left."""
+        leaving = []
+        last = self.spec.train.epochs - 1
+        for r in results:
+            trial = self.active[r.key]  # type: ignore[index]
+            if r.error:
+                self._finish(trial, TrialState.PRUNED, reason=r.error)
+            else:
+                value = r.metrics[self.spec.metric]
+                trial.report(value, r.epoch)
+                for hook in self.hooks:
+                    hook(trial, r.epoch, r.metrics)
+                if trial.should_prune():
+                    self._finish(trial, TrialState.PRUNED)
+                elif r.epoch >= last:
+                    self._finish(trial, TrialState.COMPLETE, value)
+                else:
+                    continue
+            leaving.append(r.key)
+        return leaving
+
+    def _apply(self, decided: Future[list[Hashable]]) -> None:
+        for key in decided.result():
+            self.active.pop(key, None)  # type: ignore[call-overload]
+            self.ran += 1
+        self.trainer.remove([k for k in self.trainer.keys if k not in self.active])
+
+    def _loop(self) -> None:
+        """Train epoch e+1 on the device while the I/O thread reports epoch e.
+
+        A member the pruner stops at epoch e has trained epoch e+1 by the time the decision lands;
+        that epoch is dropped (never reported). A member's last epoch or divergence needs no
+        decision: it leaves the stack at once.
+        """
+        last = self.spec.train.epochs - 1
+        pending: Future[list[Hashable]] | None = None
+        while True:
+            self._refill()
+            if self.trainer.size == 0:
+                if pending is not None:
+                    self._apply(pending)
+                    pending = None
+                    continue
+                # every slot is claimed by other workers' running trials: wait for them to end
+                if wait_for_slot(self.study, self.budget, self.poll):
+                    continue
+                return
+            results = self.trainer.train_epoch()
+            if pending is not None:
+                self._apply(pending)
+                results = [r for r in results if r.key in self.active]
+            self.trainer.remove([r.key for r in results if r.error or r.epoch >= last])
+            pending = self._io.submit(self._decide, results)
+
+    def run(self) -> int:
+        """Train until the budget is met; return how many trials this worker finished."""
+        from optuna.storages import fail_stale_trials
+
+        if self.heartbeat.storage is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                fail_stale_trials(self.study)  # what optimize does first: requeue trials of dead workers
+        try:
+            with self.heartbeat:
+                self._loop()
+        except BaseException as e:
+            self._io.shutdown(wait=True)  # let the last decisions land before failing the rest
+            for trial in list(self.active.values()):
+                if self.study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                    self._finish(trial, TrialState.FAIL, reason=f"{type(e).__name__}: {e}"[:2000])
+            raise
+        finally:
+            self._io.shutdown(wait=True)
+        return self.ran

@@ -1,0 +1,181 @@
+"""Train a changing population of MLPs epoch by epoch, each member on its own data order.
+
+Members move through epochs in lockstep (every epoch has the same batches count), so a new member
+can join at any epoch boundary and a finished or pruned one can leave; each member keeps its own
+epoch count, learning rate and data-order generator (seeded like ``train.train``'s, so a member's
+batches are the sequential trainer's batches). Dropout masks come from population generators
+(one per layer and R-Drop pass): a member's masks depend on its slot in the stack, not on its peers' settings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sweeper.data import Dataset, Split
+from sweeper.population.optim import decay_lr, max_norm_, sgd_step
+from sweeper.population.stacked import StackedMLP
+from sweeper.space import Hparams
+from sweeper.spec import NetworkSpec, TrainSpec
+
+
+@dataclass
+class EpochResult:
+    key: Hashable
+    epoch: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None  # set when the member diverged
+
+
+def _member_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy per member: ``[K, B, C]``, ``[K, B]`` -> ``[K]``."""
+    k, b = y.shape
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(k, b).mean(1)
+
+
+def _member_kl(l1: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
+    """R-Drop's symmetric KL with ``batchmean`` per member, as ``train.r_drop_loss``."""
+    lp1, lp2 = F.log_softmax(l1.float(), -1), F.log_softmax(l2.float(), -1)
+    kl12 = F.kl_div(lp1, lp2, log_target=True, reduction="none").sum(-1).mean(1)
+    kl21 = F.kl_div(lp2, lp1, log_target=True, reduction="none").sum(-1).mean(1)
+    return 0.5 * (kl12 + kl21)
+
+
+class PopulationTrainer:
+    """``add`` members, call ``train_epoch`` until each is done, ``remove`` the ones that leave."""
+
+    def __init__(
+        self, data: Dataset, settings: TrainSpec, network: NetworkSpec, mask_seed: int = 0, amp: bool = True
+    ) -> None:
+        if network.type != "mlp":
+            raise ValueError("population training stacks the built-in MLP only")
+        self.data, self.settings, self.network = data, settings, network
+        self.device = data.train.x.device
+        # one mask stream per (forward pass, dropout layer): a peer switching R-Drop or a layer's
+        # dropout on or off never shifts another member's masks
+        layers = len(network.hidden) + 1
+        self.mask_gens = [
+            [torch.Generator(device=self.device).manual_seed(mask_seed * 1000 + 100 * rd + i) for i in range(layers)]
+            for rd in range(2)
+        ]
+        self.amp = amp and self.device.type == "cuda"  # bf16 matmuls on GPUs; fp32 on CPU
+        self.net: StackedMLP | None = None
+        self.keys: list[Hashable] = []
+        self.epochs: list[int] = []
+        self.gens: list[torch.Generator] = []
+
+    @property
+    def size(self) -> int:
+        return len(self.keys)
+
+    def add(self, keys: Sequence[Hashable], hps: Sequence[Hparams], seeds: Sequence[int]) -> None:
+        if not keys:
+            return
+        new = StackedMLP.build(
+            hps,
+            seeds,
+            self.data.in_features,
+            self.data.num_classes,
+            self.network.hidden,
+            self.network.activation,
+            self.settings.base_lr,
+            self.device,
+        )
+        if self.net is None:
+            self.net = new
+        else:
+            self.net.extend(new)
+        self.keys += list(keys)
+        self.epochs += [0] * len(keys)
+        self.gens += [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+
+    def remove(self, keys: Sequence[Hashable]) -> None:
+        gone = set(keys)
+        idx = [i for i, k in enumerate(self.keys) if k not in gone]
+        if len(idx) == self.size:
+            return
+        assert self.net is not None
+        self.net.select(idx)
+        self.keys = [self.keys[i] for i in idx]
+        self.epochs = [self.epochs[i] for i in idx]
+        self.gens = [self.gens[i] for i in idx]
+
+    def _autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
+
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        assert net is not None
+        with self._autocast():
+            logits = net.forward(xb, True, self.mask_gens[0])
+            loss = _member_loss(logits, yb)
+            if net.any_r_drop:
+                logits2 = net.forward(xb, True, self.mask_gens[1])
+                alpha = net.t["r_drop"]
+                both = 0.5 * (loss + _member_loss(logits2, yb)) + alpha * _member_kl(logits, logits2)
+                loss = torch.where(alpha > 0, both, loss)
+        reported = loss.detach()
+        if net.any_l1:
+            loss = loss + net.t["l1"] * torch.stack([w.abs().sum((1, 2)) for w in net.weights()]).sum(0)
+        names = net.param_names
+        # batch-norm parameters get no gradient when no member uses batch norm: SGD skips them too
+        grads = torch.autograd.grad(loss.sum(), [net.t[n] for n in names], allow_unused=True)
+        sgd_step(net, {n: g for n, g in zip(names, grads, strict=True) if g is not None})
+        if net.any_max_norm:
+            max_norm_(net)
+        return reported
+
+    @torch.no_grad()
+    def evaluate(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-member mean cross-entropy and accuracy (dropout off, batch-norm running statistics)."""
+        assert self.net is not None
+        loss_sum = torch.zeros(self.size, device=self.device)
+        correct = torch.zeros(self.size, device=self.device)
+        bs = self.settings.eval_batch_size
+        for i in range(0, len(split.x), bs):
+            with self._autocast():
+                logits = self.net.forward(split.x[i : i + bs], False).float()
+            y = split.y[i : i + bs].expand(self.size, -1)
+            loss_sum += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y).sum(1)
+            correct += (logits.argmax(-1) == y).sum(1)
+        n = len(split.x)
+        return loss_sum / n, correct / n
+
+    def train_epoch(self) -> list[EpochResult]:
+        """One epoch for every member; one host sync at its end."""
+        net = self.net
+        assert net is not None and self.size
+        x, y = self.data.train.x, self.data.train.y
+        n, bs = len(x), self.settings.batch_size
+        min_batch = 2 if net.any_bn else 1
+        perms = torch.stack([torch.randperm(n, generator=g, device=self.device) for g in self.gens])
+        loss_sum = torch.zeros(self.size, device=self.device)
+        steps = 0
+        for i in range(0, n, bs):
+            idx = perms[:, i : i + bs]
+            if idx.shape[1] < min_batch:
+                continue
+            loss_sum += self._step(x[idx], y[idx])
+            steps += 1
+        train_loss = loss_sum / max(steps, 1)
+        val_loss, val_acc = self.evaluate(self.data.val)
+        lr = net.t["lr"].clone()
+        decay_lr(net)
+        table = torch.stack([train_loss.double(), val_loss.double(), val_acc.double(), lr]).cpu().tolist()
+        out = []
+        for j, key in enumerate(self.keys):
+            tl, vl, va, rate = (row[j] for row in table)
+            epoch = self.epochs[j]
+            self.epochs[j] += 1
+            res = EpochResult(key, epoch, {"train_loss": tl, "val_loss": vl, "val_accuracy": va, "lr": rate})
+            if not math.isfinite(tl):
+                res.error = f"training loss became {tl} in epoch {epoch}"
+            elif not math.isfinite(vl):
+                res.error = f"validation loss became {vl} in epoch {epoch}"
+            out.append(res)
+        return out

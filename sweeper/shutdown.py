@@ -1,0 +1,54 @@
+"""SIGTERM and Ctrl-C: stop the worker within seconds and leave its trial to be retried.
+
+The signal handler only records the request: raising from a handler would land at an arbitrary
+bytecode (inside an import, a database commit, MLflow's client) and leave that half done. The
+training loop calls ``check()`` after every step, which raises ``WorkerStopped`` (a
+``KeyboardInterrupt``, so Optuna marks the trial FAIL and re-raises it) at that safe point, i.e.
+within one training step; between trials the worker loop sees ``stop()`` and ends. The worker then
+queues the stopped trial again, ends its MLflow run and exits 0. A second signal while stopping
+raises ``KeyboardInterrupt`` at once, for a user who does not want to wait.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType, TracebackType
+from typing import Any
+
+
+class WorkerStopped(KeyboardInterrupt):
+    """The worker was asked to stop (SIGTERM or SIGINT) while a trial was training."""
+
+
+class Shutdown:
+    """Context manager installing the SIGTERM/SIGINT handlers (main thread only)."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> Shutdown:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name} while stopping")
+        self.requested = signal.Signals(signum).name
+
+    def check(self) -> None:
+        """Raise ``WorkerStopped`` if a stop was asked for: called by the training loop at safe points."""
+        if self.requested is not None:
+            raise WorkerStopped(f"worker stopped by {self.requested}")
+
+    def __call__(self) -> bool:
+        """True once a stop was asked for (usable as a ``stop`` predicate)."""
+        return self.requested is not None

@@ -1,0 +1,190 @@
+"""The search space: what a study file writes for each hyperparameter, and ``trial.suggest_*``.
+
+A value in the ``space`` section is one of
+  - a number (or true/false): fixed, not searched;
+  - ``[low, high]`` or ``{low, high, log, optional}``: a range (``optional: true`` also tries "off");
+  - ``{choices: [...]}``: a categorical;
+  - ``false`` / ``null`` on an optional regularizer (l1, max_norm, r_drop_alpha): off.
+Defaults follow the dropout literature (Srivastava et al. 2014; Liang et al. 2021 for R-Drop).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import optuna
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+
+
+class Param(BaseModel):
+    """One searched (or fixed) hyperparameter."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: float | None = None
+    high: float | None = None
+    log: bool | None = None
+    optional: bool = False
+    value: float | bool | None = None
+    choices: tuple[float | bool, ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, v: Any) -> Any:
+        if isinstance(v, bool) or isinstance(v, int | float):
+            return {"value": v}
+        if isinstance(v, str):
+            try:
+                return {"value": float(v)}  # PyYAML reads 1e-4 as a string
+            except ValueError:
+                raise ValueError(f"expected a number, [low, high] or a mapping, but got {v!r}") from None
+        if isinstance(v, list | tuple):
+            if len(v) == 2 and not any(isinstance(x, bool) for x in v):
+                return {"low": v[0], "high": v[1]}
+            return {"choices": v}
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Param:
+        kinds = [self.value is not None, self.choices is not None, self.low is not None or self.high is not None]
+        if sum(kinds) != 1:
+            raise ValueError("give exactly one of: a fixed value, [low, high], or choices")
+        if kinds[2]:
+            if self.low is None or self.high is None:
+                raise ValueError("a range needs both low and high")
+            if self.low > self.high:
+                raise ValueError(f"low must be <= high, but got low={self.low} > high={self.high}")
+        return self
+
+    def bounds(self) -> tuple[float, float]:
+        """Smallest and largest value this parameter can take (for range checks)."""
+        if self.value is not None:
+            return float(self.value), float(self.value)
+        if self.choices is not None:
+            nums = [float(c) for c in self.choices]
+            return min(nums), max(nums)
+        assert self.low is not None and self.high is not None
+        return self.low, self.high
+
+    def suggest(self, trial: optuna.Trial, name: str, default_log: bool = False) -> Any:
+        if self.optional and not trial.suggest_categorical(f"{name}.enabled", [True, False]):
+            return None
+        if self.value is not None:
+            return self.value
+        if self.choices is not None:
+            return trial.suggest_categorical(name, list(self.choices))
+        assert self.low is not None and self.high is not None
+        log = default_log if self.log is None else self.log
+        return trial.suggest_float(name, self.low, self.high, log=log)
+
+
+def _range(low: float, high: float, **kw: Any) -> Param:
+    return Param(low=low, high=high, **kw)
+
+
+# name -> (lowest allowed, highest allowed, highest exclusive?, log by default)
+_LIMITS: dict[str, tuple[float, float, bool, bool]] = {
+    "dropout_input": (0.0, 1.0, True, False),
+    "dropout_hidden": (0.0, 1.0, True, False),
+    "weight_decay": (0.0, float("inf"), False, True),
+    "l1": (0.0, float("inf"), False, True),
+    "momentum": (0.0, 1.0, True, False),
+    "lr_scale": (1e-12, float("inf"), False, True),
+    "max_norm": (1e-12, float("inf"), False, False),
+    "r_drop_alpha": (0.0, float("inf"), False, False),
+    "lr_decay": (1e-12, 1.0, False, False),
+}
+_HINTS = {
+    "dropout_input": "a dropout rate is in [0, 1): the input layer is usually 0-0.2",
+    "dropout_hidden": "a dropout rate is in [0, 1): hidden layers are usually 0.2-0.5",
+    "weight_decay": "weight decay must be >= 0 (log ranges need low > 0, e.g. [1e-6, 1e-2])",
+    "l1": "the L1 weight must be >= 0 (log ranges need low > 0)",
+    "momentum": "momentum is in [0, 1), usually 0.9-0.99",
+    "lr_scale": "the learning-rate scale must be > 0, usually 1-100",
+    "max_norm": "the max-norm constant c must be > 0, usually 3-5",
+    "r_drop_alpha": "the R-Drop weight alpha must be >= 0",
+    "lr_decay": "the per-epoch learning-rate decay factor is in (0, 1]",
+}
+
+
+class Space(BaseModel):
+    """The ``space`` section of a study file; each field's default is the literature's range."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dropout_input: Param = _range(0.0, 0.2)
+    dropout_hidden: Param | tuple[Param, ...] = _range(0.2, 0.5)
+    weight_decay: Param = _range(1e-6, 1e-2, log=True)
+    l1: Param | None = None
+    momentum: Param = _range(0.9, 0.99)
+    lr_scale: Param = _range(1.0, 100.0, log=True)
+    max_norm: Param | None = _range(3.0, 5.0, optional=True)
+    batch_norm: Param = Param(choices=(False, True))
+    r_drop_alpha: Param | None = None
+    lr_decay: Param = _range(0.95, 1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:
+        # ``max_norm: false`` means off, not "fixed at 0"
+        if isinstance(v, dict):
+            return {k: (None if x is False and k in ("l1", "max_norm", "r_drop_alpha") else x) for k, x in v.items()}
+        return v
+
+    @field_validator(*_LIMITS)
+    @classmethod
+    def _limits(cls, value: Param | tuple[Param, ...] | None, info: ValidationInfo) -> Any:
+        name = info.field_name
+        assert name is not None
+        lo, hi, hi_open, default_log = _LIMITS[name]
+        for p in value if isinstance(value, tuple) else (value,):
+            if p is None:
+                continue
+            low, high = p.bounds()
+            log = default_log if p.log is None else p.log
+            if low < lo or high > hi or (hi_open and high >= hi) or (log and p.low is not None and p.low <= 0):
+                raise ValueError(f"{_HINTS[name]}, but got {low}..{high}")
+        return value
+
+    def suggest(self, trial: optuna.Trial, n_hidden: int) -> Hparams:
+        """Draw one trial's hyperparameters; parameter names say where each value goes."""
+        hidden = self.dropout_hidden
+        if isinstance(hidden, tuple) and len(hidden) != n_hidden:
+            raise ValueError(f"space.dropout_hidden lists {len(hidden)} ranges for {n_hidden} hidden layers")
+        per_layer = hidden if isinstance(hidden, tuple) else (hidden,) * n_hidden
+        rates = [self.dropout_input.suggest(trial, "dropout.input")]
+        rates += [p.suggest(trial, f"dropout.hidden_{i + 1}") for i, p in enumerate(per_layer)]
+
+        def opt(p: Param | None, name: str, log: bool = False) -> float | None:
+            return None if p is None else p.suggest(trial, name, log)
+
+        return Hparams(
+            dropout=tuple(float(r) for r in rates),
+            weight_decay=float(self.weight_decay.suggest(trial, "weight_decay", True)),
+            l1=opt(self.l1, "l1", True),
+            momentum=float(self.momentum.suggest(trial, "momentum")),
+            lr_scale=float(self.lr_scale.suggest(trial, "lr_scale", True)),
+            max_norm=opt(self.max_norm, "max_norm"),
+            batch_norm=bool(self.batch_norm.suggest(trial, "batch_norm")),
+            r_drop_alpha=opt(self.r_drop_alpha, "r_drop.alpha"),
+            lr_decay=float(self.lr_decay.suggest(trial, "lr_decay")),
+        )
+
+
+@dataclass(frozen=True)
+class Hparams:
+    """One trial's regularization settings (what is searched, apart from where it runs)."""
+
+    dropout: tuple[float, ...]  # input layer first, then each hidden layer
+    weight_decay: float = 0.0
+    l1: float | None = None
+    momentum: float = 0.9
+    lr_scale: float = 1.0
+    max_norm: float | None = None
+    batch_norm: bool = False
+    r_drop_alpha: float | None = None
+    lr_decay: float = 1.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,188 @@
+"""Study file (YAML) -> validated, immutable spec objects.
+
+Each section owns its defaults; a study file only overrides what it names. Unknown keys
+are rejected with their path and a did-you-mean, bad values with the field and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sweeper.errors import SpecError
+from sweeper.space import Space
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SamplerSpec(_Section):
+    type: Literal["tpe", "random", "gp", "cmaes"] = "tpe"
+    n_startup_trials: int = Field(10, ge=0)
+
+
+class PrunerSpec(_Section):
+    type: Literal["median", "asha", "hyperband", "none"] = "median"
+    warmup_epochs: int = Field(2, ge=0, description="epochs before a trial may be pruned")
+    n_startup_trials: int = Field(5, ge=0, description="median: trials finished before pruning starts")
+
+
+class DataSpec(_Section):
+    dataset: Literal["mnist1d", "digits", "file", "python"] = "mnist1d"
+    path: str | None = Field(None, description="file: a .npz (arrays x, y) or .csv (label in the last column)")
+    function: str | None = Field(None, description="python: 'file.py:fn' or 'module:fn' returning (x, y)")
+    num_samples: int = Field(10000, ge=20, description="mnist1d: how many samples to generate")
+    val_fraction: float = Field(0.15, gt=0, lt=1)
+    test_fraction: float = Field(0.15, gt=0, lt=1)
+    standardize: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSpec:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction must leave data to train on, but got "
+                f"{self.val_fraction} + {self.test_fraction}; lower them (e.g. 0.15 each)"
+            )
+        if self.dataset == "file" and not self.path:
+            raise ValueError("dataset 'file' needs 'path: data.npz' (or .csv)")
+        if self.dataset == "file" and self.path and not self.path.endswith((".npz", ".csv")):
+            raise ValueError(f"path must end in .npz or .csv, but got {self.path!r}")
+        if self.dataset == "python" and not self.function:
+            raise ValueError("dataset 'python' needs 'function: my_data.py:load'")
+        return self
+
+
+class NetworkSpec(_Section):
+    type: Literal["mlp", "python"] = "mlp"
+    hidden: tuple[int, ...] = Field((256, 256), description="mlp: width of each hidden layer")
+    activation: Literal["relu", "gelu", "tanh"] = "relu"
+    factory: str | None = Field(None, description="python: 'file.py:fn' building an nn.Module")
+    hidden_layers: int | None = Field(None, ge=0, description="python: how many hidden dropout rates fn takes")
+
+    @field_validator("hidden")
+    @classmethod
+    def _widths(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(w < 1 for w in v):
+            raise ValueError(f"hidden must list at least one positive width, but got {list(v)!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> NetworkSpec:
+        if self.type == "python" and not self.factory:
+            raise ValueError("network type 'python' needs 'factory: my_net.py:build'")
+        return self
+
+    @property
+    def n_hidden(self) -> int:
+        if self.type == "python":
+            return self.hidden_layers if self.hidden_layers is not None else len(self.hidden)
+        return len(self.hidden)
+
+
+class TrainSpec(_Section):
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(128, ge=1)
+    base_lr: float = Field(1e-3, gt=0, description="multiplied by the searched lr_scale")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    eval_batch_size: int = Field(4096, ge=1)
+    population: int = Field(1, ge=1, description="trials trained together, stacked on one device (built-in mlp)")
+
+
+class StudySpec(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    direction: Literal["maximize", "minimize"] | None = None
+    metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    trials: int = Field(20, ge=1, description="budget: finished (complete or pruned) trials")
+    seed: int = Field(0, ge=0)
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    data: DataSpec = DataSpec()
+    network: NetworkSpec = NetworkSpec()
+    train: TrainSpec = TrainSpec()
+    space: Space = Space()
+    base_dir: str = Field(".", description="set by the loader: user paths are relative to the file")
+
+    @field_validator("sampler", "pruner", mode="before")
+    @classmethod
+    def _short_form(cls, v: Any) -> Any:
+        return {"type": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _direction(self) -> StudySpec:
+        natural = "maximize" if self.metric == "val_accuracy" else "minimize"
+        if self.direction is None:
+            object.__setattr__(self, "direction", natural)
+        elif self.direction != natural:
+            raise ValueError(
+                f"metric {self.metric!r} should be {natural}d, but direction is {self.direction!r}; "
+                f"remove 'direction' or set it to {natural!r}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        """Hash of what decides trial results (the trial budget is not part of it)."""
+        d = self.to_dict()
+        d.pop("trials")
+        d.pop("base_dir")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _fields_of(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """Field names valid at ``path`` (for did-you-mean)."""
+    for part in path:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            known = [f for f in _fields_of(StudySpec, loc[:-1]) if f != "base_dir"]
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+            lines.append(f"unknown key {where!r}: {hint}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {msg} (got {e.get('input')!r})" if "got" not in msg else f"{where}: {msg}")
+    return "invalid study file:\n  " + "\n  ".join(lines)
+
+
+def parse_spec(data: Any, base_dir: str | Path = ".") -> StudySpec:
+    """Validate a study file's content (already parsed from YAML)."""
+    if not isinstance(data, dict):
+        raise SpecError(f"a study file must be a mapping of keys, but got {type(data).__name__}")
+    data = {**data, "base_dir": str(base_dir)} if "base_dir" not in data else data
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format(e)) from None
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study file."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"study file {str(p)!r} does not exist; give the path of a YAML file (see studies/)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"{p} is not valid YAML: {e}") from None
+    return parse_spec(data, base_dir=p.resolve().parent)

@@ -1,0 +1,238 @@
+"""A worker: joins a study by name through the storage alone and trains trials until the budget is met."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import os
+import socket
+import warnings
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeper.budget import Surplus, check_claim, wait_for_slot
+from sweeper.errors import StudyError
+from sweeper.objective import Objective, prepare_data
+from sweeper.shutdown import Shutdown, WorkerStopped
+from sweeper.spec import StudySpec, parse_spec
+from sweeper.storage import make_storage, mask_url
+from sweeper.strategy import make_pruner, make_sampler
+from sweeper.tracking import PARENT_ATTR, MlflowTracker
+
+SPEC_ATTR = "sweeper.spec"
+BUDGET_ATTR = "sweeper.budget"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def load_study(
+    study_name: str, storage: str | optuna.storages.BaseStorage, worker_id: int = 0, heartbeat: bool = False
+) -> tuple[optuna.Study, StudySpec]:
+    """The study and the spec stored with it, with this worker's sampler and the study's pruner."""
+    if isinstance(storage, str) and heartbeat:
+        interval, grace = heartbeat_settings()
+        st = make_storage(storage, heartbeat_interval=interval, grace_period=grace)
+    elif isinstance(storage, str):
+        st = make_storage(storage)
+    else:
+        st = storage
+    try:
+        summary = optuna.load_study(study_name=study_name, storage=st)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(st)]
+        where = mask_url(storage) if isinstance(storage, str) else "the storage"
+        raise StudyError(
+            f"no study named {study_name!r} in {where}; known studies: {', '.join(names) or 'none'} "
+            f"(create one with 'sweeper launch STUDY_FILE')"
+        ) from None
+    raw = summary.user_attrs.get(SPEC_ATTR)
+    if raw is None:
+        raise StudyError(f"study {study_name!r} was not created by sweeper (it has no stored study file)")
+    spec = parse_spec(raw)
+    study = optuna.load_study(
+        study_name=study_name, storage=st, sampler=make_sampler(spec, worker_id), pruner=make_pruner(spec)
+    )
+    return study, spec
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(interval, grace) in seconds: a killed worker's trial is failed and retried after ``grace``.
+
+    ``SWEEPER_HEARTBEAT`` and ``SWEEPER_HEARTBEAT_GRACE`` override the defaults (10 s, 3 intervals).
+    """
+    interval = int(os.environ.get("SWEEPER_HEARTBEAT", "10"))
+    return interval, int(os.environ.get("SWEEPER_HEARTBEAT_GRACE", str(3 * interval)))
+
+
+def n_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+class _StopAfterFailures:
+    """Stop this worker when its trials keep failing (a broken network or data, not bad luck)."""
+
+    def __init__(self, limit: int = 3) -> None:
+        self.limit, self.streak = limit, 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
+        if self.streak >= self.limit:
+            study.stop()
+
+
+class _Progress:
+    """A bar of finished trials (all workers) against the budget, with the best value so far."""
+
+    def __init__(self, study: optuna.Study, budget: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=budget, initial=min(n_finished(study), budget), desc=study.study_name, unit="trial")
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.bar.n = min(n_finished(study), self.bar.total)
+        try:
+            self.bar.set_postfix(best=f"{study.best_value:.4f}")
+        except ValueError:
+            pass
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_worker(
+    study_name: str,
+    storage: str,
+    tracking_uri: str | None,
+    worker_id: int = 0,
+    progress: bool = False,
+    device: str | None = None,
+    population: int | None = None,
+) -> int:
+    """Run trials of an existing study until it has its budget of finished trials; return how many this worker ran.
+
+    The budget is shared by every worker (see ``sweeper.budget``). SIGTERM or Ctrl-C ends the running
+    trial as FAIL, queues it again and returns (see ``sweeper.shutdown``).
+    """
+    study, spec = load_study(study_name, storage, worker_id, heartbeat=True)
+    budget = int(study.user_attrs.get(BUDGET_ATTR, spec.trials))
+    if n_finished(study) >= budget:
+        return 0
+    data = prepare_data(spec, device)
+    where = {"host": socket.gethostname(), "worker": str(worker_id), "device": str(data.train.x.device)}
+    hooks: list[Any] = []
+    failures = _StopAfterFailures()
+    callbacks: list[Any] = [failures]
+    parent = study.user_attrs.get(PARENT_ATTR)
+    tracker = None
+    if tracking_uri and parent:
+        tracker = MlflowTracker(tracking_uri, parent, where)
+        hooks.append(tracker.on_epoch)
+        callbacks.append(tracker)
+    size = population or spec.train.population
+    if size > 1 and spec.network.type == "mlp":  # user networks cannot be stacked: they run one at a time
+        rest = [c for c in callbacks if c is not failures]
+        return _run_population(study, spec, data, size, budget, where, hooks, rest, progress)
+    poll = min(2.0, heartbeat_settings()[0] / 2)
+    stop = Shutdown()
+    objective = Objective(spec, data, hooks, on_step=stop.check)
+    current: list[int] = []  # the trial id this worker is running, for the clean-up after a stop
+    oom: list[bool] = [False]
+
+    def tagged(trial: optuna.Trial) -> float:
+        current[:] = [trial._trial_id]
+        check_claim(trial, budget, poll, stop)
+        for k, v in where.items():
+            trial.set_user_attr(k, v)
+        try:
+            stop.check()  # the signal came between ask() and here
+            return objective(trial)
+        except WorkerStopped as e:
+            trial.set_user_attr("end_reason", f"{e}; queued again")
+            raise
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            trial.set_user_attr("end_reason", f"{type(e).__name__}: {e}"[:2000])
+            oom[:] = [_is_oom(e)]
+            raise
+
+    ran = 0
+    bar = _Progress(study, budget) if progress else None
+    if bar:
+        callbacks.append(bar)
+    try:
+        with stop:
+            while wait_for_slot(study, budget, poll, stop):
+                try:
+                    study.optimize(tagged, n_trials=1, callbacks=callbacks, catch=(RuntimeError,))
+                except Surplus:
+                    break
+                except WorkerStopped:
+                    _requeue(study, current[0], tracker)
+                    break
+                ran += 1
+                if oom[0]:  # only now: until optimize returns, its traceback still holds the trial's tensors
+                    _free_memory()
+                    oom[:] = [False]
+                if failures.streak >= failures.limit:
+                    break
+    finally:
+        if bar:
+            bar.close()
+    return ran
+
+
+def _run_population(
+    study: optuna.Study,
+    spec: StudySpec,
+    data: Any,
+    size: int,
+    budget: int,
+    where: dict[str, str],
+    hooks: list[Any],
+    callbacks: list[Any],
+    progress: bool,
+) -> int:
+    """K trials at a time, stacked on one device (see ``sweeper.population``)."""
+    from sweeper.population.runner import PopulationRunner
+
+    bar = _Progress(study, budget) if progress else None
+    try:
+        return PopulationRunner(study, spec, data, size, budget, where, hooks, callbacks + ([bar] if bar else [])).run()
+    finally:
+        if bar:
+            bar.close()
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError)
+
+
+def _free_memory() -> None:
+    """After an out-of-memory trial: drop its tensors so the next trial gets the memory back."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _requeue(study: optuna.Study, trial_id: int, tracker: MlflowTracker | None) -> None:
+    """A trial stopped by a signal: queue it again and end its MLflow run.
+
+    The retry is the one Optuna gives a heartbeat-stale trial: same parameters, ``failed_trial`` and
+    ``retry_history`` system attributes, at most 3 retries.
+    """
+    frozen = study._storage.get_trial(trial_id)
+    if frozen.state == TrialState.FAIL:
+        retry = copy.copy(frozen)
+        retry.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k != "end_reason"}
+        with warnings.catch_warnings():  # experimental since 2.8, the one retry API Optuna 5 keeps
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, retry)
+    if tracker is not None:
+        tracker(study, frozen)

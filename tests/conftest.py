@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny seeded data, real SQLite and PostgreSQL databases, a real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from sweeper.spec import StudySpec, parse_spec
+
+PG_ADMIN = os.environ.get("SWEEPER_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def tiny_spec_dict(name: str = "tiny", **overrides: Any) -> dict[str, Any]:
+    """A study small enough for a test: scikit-learn digits, one small hidden layer, 2 epochs."""
+    d: dict[str, Any] = {
+        "name": name,
+        "trials": 3,
+        "seed": 0,
+        "sampler": {"type": "tpe", "n_startup_trials": 2},
+        "pruner": {"type": "median", "warmup_epochs": 1, "n_startup_trials": 2},
+        "data": {"dataset": "digits"},
+        "network": {"hidden": [32]},
+        "train": {"epochs": 2, "batch_size": 64, "base_lr": 0.01, "device": "cpu"},
+    }
+    for k, v in overrides.items():
+        d[k] = {**d[k], **v} if isinstance(v, dict) and isinstance(d.get(k), dict) else v
+    return d
+
+
+@pytest.fixture
+def tiny_spec() -> StudySpec:
+    return parse_spec(tiny_spec_dict())
+
+
+@pytest.fixture(autouse=True)
+def _workdir(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test in its own folder, so default stores (sweeper.db, mlflow.db) never collide."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SWEEPER_STORAGE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Any) -> str:
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def _pg_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    import sqlalchemy as sa
+
+    name = f"sweeper_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    yield from _pg_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
+    """One behaviour suite over every storage backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/study.db"
+    else:
+        yield from _pg_database()

@@ -1,0 +1,174 @@
+"""Many workers on one study: one shared budget, distinct trial numbers, every trial in MLflow."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from conftest import tiny_spec_dict
+from sweeper import api
+from sweeper.budget import claims
+from sweeper.cli import main
+from sweeper.errors import SpecError
+from sweeper.launcher import parse_gpus, run_workers, warn_sqlite
+from sweeper.spec import parse_spec
+from sweeper.storage import make_storage, normalize_url
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@pytest.fixture(autouse=True)
+def _fast_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWEEPER_HEARTBEAT", "1")
+    monkeypatch.setenv("SWEEPER_HEARTBEAT_GRACE", "3")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Any) -> Iterator[str]:
+    """A real ``mlflow server`` on localhost (SQLite behind it): safe for several writing processes."""
+    from sweeper.ui import start_server
+
+    port = _free_port()
+    proc = start_server(f"sqlite:///{tmp_path}/mlflow-server.db", "127.0.0.1", port, artifacts=str(tmp_path / "art"))
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_four_workers_share_one_budget_on_postgresql(pg_url: str, mlflow_server: str) -> None:
+    from mlflow import MlflowClient
+
+    budget = 8
+    # batches of 32: trials long enough that every worker is up before the budget is claimed
+    spec = parse_spec(tiny_spec_dict("four", trials=budget, sampler={"type": "random"}, train={"batch_size": 32}))
+    api.create(spec, storage=pg_url, tracking=mlflow_server)
+
+    codes = run_workers("four", pg_url, mlflow_server, 4, "none")
+
+    assert codes == [0, 0, 0, 0]
+    study = optuna.load_study(study_name="four", storage=make_storage(pg_url))
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in FINISHED]
+    assert len(finished) == budget  # exactly: no overshoot by up to workers - 1
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert {t.user_attrs["worker"] for t in finished} == {"0", "1", "2", "3"}
+    assert {t.user_attrs["device"] for t in finished} == {"cpu"}
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    exp = client.get_experiment_by_name("four")
+    runs = client.search_runs([exp.experiment_id], "tags.`sweeper.role` = 'trial'", max_results=100)
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in runs}
+    for t in finished:
+        run = by_number[t.number]
+        assert run.info.status == ("FINISHED" if t.state == TrialState.COMPLETE else "KILLED")
+        assert run.data.tags["sweeper.worker"] == t.user_attrs["worker"]
+        assert "val_accuracy" in run.data.metrics
+
+
+def test_launch_with_workers_on_sqlite_warns_and_meets_budget(tmp_path: Any) -> None:
+    import yaml
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(tiny_spec_dict("two", trials=4, sampler={"type": "random"})))
+    url = f"sqlite:///{tmp_path}/s.db"
+    result = CliRunner().invoke(
+        main, ["launch", "s.yaml", "--workers", "2", "--gpus", "none", "--storage", url, "--tracking-uri", ""]
+    )
+    assert result.exit_code == 0, result.output
+    assert "2 workers on SQLite" in result.output
+    study = optuna.load_study(study_name="two", storage=url)
+    assert claims(study) == (4, 0)
+
+
+def test_sqlite_warning_is_printed_once(capsys: pytest.CaptureFixture[str]) -> None:
+    from sweeper import launcher
+
+    launcher._warned.clear()
+    warn_sqlite("sqlite:///a.db", 3)
+    warn_sqlite("sqlite:///a.db", 3)
+    warn_sqlite("postgresql+psycopg://u@h/db", 3)
+    assert capsys.readouterr().err.count("3 workers on SQLite") == 1
+
+
+def test_gpus_option() -> None:
+    import torch
+
+    assert parse_gpus("none") == []
+    assert parse_gpus("all") == [str(i) for i in range(torch.cuda.device_count())]
+    with pytest.raises(SpecError, match=r"--gpus .*'0,x'"):
+        parse_gpus("0,x")
+    with pytest.raises(SpecError, match="names GPU 99"):
+        parse_gpus("99")
+
+
+def test_bad_gpus_is_a_usage_error_before_the_study_exists(tmp_path: Any) -> None:
+    import yaml
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(tiny_spec_dict("gpu")))
+    url = f"sqlite:///{tmp_path}/s.db"
+    result = CliRunner().invoke(main, ["launch", "s.yaml", "--workers", "2", "--gpus", "99", "--storage", url])
+    assert result.exit_code == 2
+    assert "names GPU 99" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_plain_postgresql_url_uses_psycopg(pg_url: str) -> None:
+    plain = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    assert normalize_url(plain) == pg_url
+    storage = make_storage(plain)
+    assert storage.engine.dialect.driver == "psycopg"
+    assert storage.engine.pool.size() == 2  # one worker needs its loop and heartbeat connections, no more
+
+
+def test_workers_seed_their_samplers_differently(tiny_spec: Any) -> None:
+    from sweeper.strategy import make_sampler
+
+    spec = parse_spec(tiny_spec_dict(sampler={"type": "random"}))
+    draws = []
+    for worker_id in (0, 1):
+        study = optuna.create_study(sampler=make_sampler(spec, worker_id))
+        draws.append(study.ask().suggest_float("x", 0, 1))
+    assert draws[0] != draws[1]
+
+
+def test_two_trials_racing_for_the_last_slot_only_one_runs(storage_url: str) -> None:
+    """Two workers that both saw a free slot: the trial that started first runs, the other is surplus."""
+    import time
+
+    from sweeper.budget import Surplus, check_claim
+
+    study = optuna.create_study(storage=make_storage(storage_url))
+    study.enqueue_trial({})  # trial 0 waits in the queue (e.g. a retry) ...
+    first = study._storage.create_new_trial(study._study_id)  # ... while trial 1 starts running
+    time.sleep(0.05)
+    late = study.ask()  # trial 0 is popped after trial 1 started: its lower number does not make it first
+    assert late.number == 0
+    early = optuna.Trial(study, first)
+
+    check_claim(early, budget=1, poll=0.01)  # returns: the slot is early's
+    with pytest.raises(Surplus):  # late waits for the slot; asked to stop, it gives up untrained
+        check_claim(late, budget=1, poll=0.01, stop=lambda: True)
+    study.tell(early, 1.0)
+    with pytest.raises(Surplus, match="budget of 1"):
+        check_claim(late, budget=1, poll=0.01)
+    assert claims(study) == (1, 1)
