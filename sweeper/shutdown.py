@@ -6,15 +6,25 @@ training loop calls ``check()`` after every step, which raises ``WorkerStopped``
 ``KeyboardInterrupt``, so Optuna marks the trial FAIL and re-raises it) at that safe point, i.e.
 within one training step; between trials the worker loop sees ``stop()`` and ends. The worker then
 queues the stopped trial again, ends its MLflow run and exits 0. A second signal while stopping
-raises ``KeyboardInterrupt`` at once, for a user who does not want to wait.
+raises ``KeyboardInterrupt`` at once, for a user who does not want to wait; one within
+``REPEAT_S`` of the first is the same Ctrl-C reaching the worker twice (from the terminal and
+from ``sweeper launch``, which passes signals on) and is ignored.
 """
 
 from __future__ import annotations
 
+import copy
 import signal
 import threading
+import time
+import warnings
 from types import FrameType, TracebackType
 from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+REPEAT_S = 2.0
 
 
 class WorkerStopped(KeyboardInterrupt):
@@ -26,6 +36,7 @@ class Shutdown:
 
     def __init__(self) -> None:
         self.requested: str | None = None
+        self._at = 0.0
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> Shutdown:
@@ -40,9 +51,10 @@ class Shutdown:
         self._old.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested is not None:
+        if self.requested is None:
+            self.requested, self._at = signal.Signals(signum).name, time.monotonic()
+        elif time.monotonic() - self._at > REPEAT_S:
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name} while stopping")
-        self.requested = signal.Signals(signum).name
 
     def check(self) -> None:
         """Raise ``WorkerStopped`` if a stop was asked for: called by the training loop at safe points."""
@@ -52,3 +64,19 @@ class Shutdown:
     def __call__(self) -> bool:
         """True once a stop was asked for (usable as a ``stop`` predicate)."""
         return self.requested is not None
+
+
+def requeue(study: optuna.Study, trial_id: int) -> FrozenTrial:
+    """Queue a trial stopped by a signal again; return it as it ended (FAIL).
+
+    The retry is the one Optuna gives a heartbeat-stale trial: same parameters, ``failed_trial`` and
+    ``retry_history`` system attributes, at most 3 retries.
+    """
+    frozen = study._storage.get_trial(trial_id)
+    if frozen.state == TrialState.FAIL:
+        retry = copy.copy(frozen)
+        retry.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k != "end_reason"}
+        with warnings.catch_warnings():  # experimental since 2.8, the one retry API Optuna 5 keeps
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, retry)
+    return frozen

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import gc
 import os
 import socket
-import warnings
 from typing import Any
 
 import optuna
@@ -15,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper.budget import Surplus, check_claim, wait_for_slot
 from sweeper.errors import StudyError
 from sweeper.objective import Objective, prepare_data
-from sweeper.shutdown import Shutdown, WorkerStopped
+from sweeper.shutdown import Shutdown, WorkerStopped, requeue
 from sweeper.spec import StudySpec, parse_spec
 from sweeper.storage import make_storage, mask_url
 from sweeper.strategy import make_pruner, make_sampler
@@ -199,8 +197,10 @@ def _run_population(
     from sweeper.population.runner import PopulationRunner
 
     bar = _Progress(study, budget) if progress else None
+    runner = PopulationRunner(study, spec, data, size, budget, where, hooks, callbacks + ([bar] if bar else []))
     try:
-        return PopulationRunner(study, spec, data, size, budget, where, hooks, callbacks + ([bar] if bar else [])).run()
+        with Shutdown() as stop:
+            return runner.run(stop)
     finally:
         if bar:
             bar.close()
@@ -222,17 +222,7 @@ def _free_memory() -> None:
 
 
 def _requeue(study: optuna.Study, trial_id: int, tracker: MlflowTracker | None) -> None:
-    """A trial stopped by a signal: queue it again and end its MLflow run.
-
-    The retry is the one Optuna gives a heartbeat-stale trial: same parameters, ``failed_trial`` and
-    ``retry_history`` system attributes, at most 3 retries.
-    """
-    frozen = study._storage.get_trial(trial_id)
-    if frozen.state == TrialState.FAIL:
-        retry = copy.copy(frozen)
-        retry.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k != "end_reason"}
-        with warnings.catch_warnings():  # experimental since 2.8, the one retry API Optuna 5 keeps
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, retry)
+    """A trial stopped by a signal: queue it again and end its MLflow run."""
+    frozen = requeue(study, trial_id)
     if tracker is not None:
         tracker(study, frozen)

@@ -114,16 +114,20 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(pg_db: str) -> N
     assert retry[0].user_attrs["worker"] == "1"
 
 
-def test_sigterm_stops_worker_cleanly_and_queues_its_trial(tmp_path: Path, tracking_uri: str) -> None:
+@pytest.mark.parametrize("population", [None, 2], ids=["one-trial", "population"])
+def test_sigterm_stops_worker_cleanly_and_queues_its_trial(
+    tmp_path: Path, tracking_uri: str, population: int | None
+) -> None:
     from mlflow import MlflowClient
 
     url = f"sqlite:///{tmp_path}/study.db"
-    spec = parse_spec(tiny_spec_dict("term", trials=1, train={"epochs": 6, "batch_size": 8}))
+    budget = population or 1
+    # ~0.1 s an epoch: the signal lands mid-trial, well before its 30th epoch
+    spec = parse_spec(tiny_spec_dict("term", trials=budget, train={"epochs": 30, "batch_size": 8}))
     api.create(spec, storage=url, tracking=tracking_uri)
-    proc = _one_worker("term", url, tracking_uri)
+    proc = start_workers("term", url, tracking_uri, 1, "none", population)[0]
     try:
-        victim = _wait_for("a trial mid-training", _mid_trial(url))
-        time.sleep(0.5)  # let the epoch's metrics reach MLflow
+        _wait_for("a trial mid-training", _mid_trial(url))
         proc.send_signal(signal.SIGTERM)
         start = time.monotonic()
         assert proc.wait(timeout=20) == 0
@@ -132,24 +136,26 @@ def test_sigterm_stops_worker_cleanly_and_queues_its_trial(tmp_path: Path, track
         _stop(proc)
 
     trials = _study(url).get_trials()
-    stopped = trials[victim.number]
-    assert stopped.state == TrialState.FAIL
-    assert "SIGTERM" in stopped.user_attrs["end_reason"]
-    waiting = [t for t in trials if t.state == TrialState.WAITING]
-    assert len(waiting) == 1 and waiting[0].system_attrs["failed_trial"] == victim.number
-    assert waiting[0].params == victim.params
+    stopped = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(stopped) == budget  # every trial the worker was training, none left RUNNING
+    assert all("SIGTERM" in t.user_attrs["end_reason"] for t in stopped)
+    waiting = {t.system_attrs["failed_trial"]: t for t in trials if t.state == TrialState.WAITING}
+    assert sorted(waiting) == [t.number for t in stopped]
+    assert all(waiting[t.number].params == t.params for t in stopped)
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name("term")
-    runs = client.search_runs([exp.experiment_id], f"tags.`optuna.trial_number` = '{victim.number}'")
-    assert [r.info.status for r in runs] == ["FAILED"]
-    assert "SIGTERM" in runs[0].data.tags["sweeper.end_reason"]
+    for victim in stopped:
+        runs = client.search_runs([exp.experiment_id], f"tags.`optuna.trial_number` = '{victim.number}'")
+        assert [r.info.status for r in runs] == ["FAILED"]
+        assert "SIGTERM" in runs[0].data.tags["sweeper.end_reason"]
 
-    run_worker("term", url, None)  # the next worker takes the queued trial, with the same parameters
+    run_worker("term", url, None, population=population)  # the next worker takes the queued trials as they were
     trials = _study(url).get_trials()
     done = [t for t in trials if t.state in FINISHED]
-    assert len(done) == 1 and done[0].params == victim.params
-    assert done[0].system_attrs["failed_trial"] == victim.number
+    assert len(done) == budget
+    assert sorted(t.system_attrs["failed_trial"] for t in done) == [t.number for t in stopped]
+    assert all(t.params == trials[t.system_attrs["failed_trial"]].params for t in done)
 
 
 def _pg_cluster() -> tuple[str, str]:

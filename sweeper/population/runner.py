@@ -7,6 +7,8 @@ study's running plus finished trials reach the budget (claimed as ``sweeper.budg
 MLflow hooks, Optuna reports, pruning decisions and trial-end callbacks run on one background
 thread while the device trains the next epoch, so storage and tracking I/O never stall it; a
 pruning decision lands one epoch late and the pruned member's extra epoch is dropped.
+SIGTERM / Ctrl-C (a ``sweeper.shutdown.Shutdown``) stop the population after its current step:
+every running member ends as FAIL and is queued again, as a single trial is.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sweeper.budget import claims, wait_for_slot
 from sweeper.data import Dataset
 from sweeper.errors import SpecError
 from sweeper.population.trainer import EpochResult, PopulationTrainer
+from sweeper.shutdown import Shutdown, WorkerStopped, requeue
 from sweeper.space import Hparams
 from sweeper.spec import StudySpec
 from sweeper.train import trial_seed
@@ -163,7 +166,7 @@ class PopulationRunner:
             self.ran += 1
         self.trainer.remove([k for k in self.trainer.keys if k not in self.active])
 
-    def _loop(self) -> None:
+    def _loop(self, stop: Shutdown | None) -> None:
         """Train epoch e+1 on the device while the I/O thread reports epoch e.
 
         A member the pruner stops at epoch e has trained epoch e+1 by the time the decision lands;
@@ -180,18 +183,18 @@ class PopulationRunner:
                     pending = None
                     continue
                 # every slot is claimed by other workers' running trials: wait for them to end
-                if wait_for_slot(self.study, self.budget, self.poll):
+                if wait_for_slot(self.study, self.budget, self.poll, stop or (lambda: False)):
                     continue
                 return
-            results = self.trainer.train_epoch()
+            results = self.trainer.train_epoch(stop.check if stop else None)
             if pending is not None:
                 self._apply(pending)
                 results = [r for r in results if r.key in self.active]
             self.trainer.remove([r.key for r in results if r.error or r.epoch >= last])
             pending = self._io.submit(self._decide, results)
 
-    def run(self) -> int:
-        """Train until the budget is met; return how many trials this worker finished."""
+    def run(self, stop: Shutdown | None = None) -> int:
+        """Train until the budget is met or ``stop`` is asked for; return how many trials this worker finished."""
         from optuna.storages import fail_stale_trials
 
         if self.heartbeat.storage is not None:
@@ -200,13 +203,18 @@ class PopulationRunner:
                 fail_stale_trials(self.study)  # what optimize does first: requeue trials of dead workers
         try:
             with self.heartbeat:
-                self._loop()
+                self._loop(stop)
         except BaseException as e:
             self._io.shutdown(wait=True)  # let the last decisions land before failing the rest
+            stopped = isinstance(e, WorkerStopped)
             for trial in list(self.active.values()):
                 if self.study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
-                    self._finish(trial, TrialState.FAIL, reason=f"{type(e).__name__}: {e}"[:2000])
-            raise
+                    reason = f"{e}; queued again" if stopped else f"{type(e).__name__}: {e}"[:2000]
+                    self._finish(trial, TrialState.FAIL, reason=reason)
+                    if stopped:
+                        requeue(self.study, trial._trial_id)
+            if not stopped:
+                raise
         finally:
             self._io.shutdown(wait=True)
         return self.ran

@@ -22,6 +22,7 @@ from sweeper.population.optim import decay_lr, max_norm_, sgd_step
 from sweeper.population.stacked import StackedMLP
 from sweeper.space import Hparams
 from sweeper.spec import NetworkSpec, TrainSpec
+from sweeper.train import StepHook
 
 
 @dataclass
@@ -146,8 +147,8 @@ class PopulationTrainer:
         n = len(split.x)
         return loss_sum / n, correct / n
 
-    def train_epoch(self) -> list[EpochResult]:
-        """One epoch for every member; one host sync at its end."""
+    def train_epoch(self, on_step: StepHook | None = None) -> list[EpochResult]:
+        """One epoch for every member; one host sync at its end. ``on_step()`` runs after each step and may raise."""
         net = self.net
         assert net is not None and self.size
         x, y = self.data.train.x, self.data.train.y
@@ -162,6 +163,8 @@ class PopulationTrainer:
                 continue
             loss_sum += self._step(x[idx], y[idx])
             steps += 1
+            if on_step is not None:
+                on_step()
         train_loss = loss_sum / max(steps, 1)
         val_loss, val_acc = self.evaluate(self.data.val)
         lr = net.t["lr"].clone()
