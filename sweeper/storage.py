@@ -7,7 +7,10 @@ import warnings
 from typing import Any
 
 import optuna
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
+
+from sweeper.errors import SpecError, StudyError
 
 DEFAULT_STORAGE = "sqlite:///sweeper.db"
 DEFAULT_TRACKING = "sqlite:///mlflow.db"
@@ -17,11 +20,22 @@ def storage_url(url: str | None = None) -> str:
     return url or os.environ.get("SWEEPER_STORAGE") or DEFAULT_STORAGE
 
 
+# MLflow 3 refuses plain-folder (file:) stores unless MLFLOW_ALLOW_FILE_STORE is set: not offered here
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks")
+
+
 def tracking_uri(uri: str | None = None) -> str:
     """The MLflow tracking URI; an empty string turns tracking off."""
-    if uri is not None:
-        return uri
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING)
+    if uri is None:
+        uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING)
+    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    if uri and scheme not in TRACKING_SCHEMES:
+        raise SpecError(
+            f"unsupported MLflow tracking URI {mask_url(uri)!r} in --tracking-uri / MLFLOW_TRACKING_URI: use "
+            f"sqlite:///mlflow.db, http://host:5000 (a tracking server) or another {'/'.join(TRACKING_SCHEMES)} URI, "
+            "or '' for no tracking"
+        )
+    return uri
 
 
 def mask_url(url: str) -> str:
@@ -77,4 +91,29 @@ def make_storage(
                 grace_period=grace_period or heartbeat_interval * 3,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
             )
-        return RetryingRDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        try:
+            return RetryingRDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ValueError) as e:
+            raise StudyError(
+                f"invalid study database URL {mask_url(url)!r} ({_reason(e, url)}); give an SQLAlchemy URL such as "
+                "sqlite:///sweeper.db or postgresql://user:password@host/db in --storage or SWEEPER_STORAGE"
+            ) from None
+        except ImportError:
+            raise StudyError(
+                f"no database driver installed for {mask_url(url)!r}: install the one SQLAlchemy names for "
+                f"'{make_url(url).drivername}' (sweeper ships sqlite and postgresql via psycopg 3)"
+            ) from None
+        except sa_exc.DBAPIError as e:
+            where = "the file's folder exists" if url.startswith("sqlite") else "the database server is running"
+            raise StudyError(
+                f"cannot open the study database {mask_url(url)}: {_reason(e, url)}; "
+                f"check --storage / SWEEPER_STORAGE and that {where}"
+            ) from None
+
+
+def _reason(e: BaseException, url: str) -> str:
+    """The driver's own first line, with the URL's password (if any) masked."""
+    err = getattr(e, "orig", None) or e
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    password = make_url(url).password if "://" in url else None
+    return text.replace(str(password), "***") if password else text

@@ -92,6 +92,34 @@ def test_password_never_in_messages(study_file: Path) -> None:
     assert "s3cret" not in result.output and "***" in result.output
 
 
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("postgresql://nobody:s3cret@127.0.0.1:5432/test", ["cannot open the study database", "nobody"]),
+        ("postgresql://sweeper:s3cret@127.0.0.1:1/test", ["cannot open the study database", "refused"]),
+        ("sqlite:////no/such/folder/s3cret.db", ["cannot open the study database", "folder exists"]),
+        ("not-a-url", ["invalid study database URL", "sqlite:///sweeper.db"]),
+        ("mysql://root:s3cret@127.0.0.1/test", ["no database driver installed", "mysql"]),
+    ],
+)
+def test_unusable_storage_is_named_without_its_password(url: str, words: list[str]) -> None:
+    """A real connection attempt to each bad URL: one message naming it, exit 2, no traceback."""
+    for command in (["status"], ["best", "some-study"]):
+        result = CliRunner().invoke(main, [*command, "--storage", url])
+        assert result.exit_code == 2, result.output
+        assert all(w in result.output for w in words), result.output
+        assert "Traceback" not in result.output
+        if "s3cret@" in url:
+            assert "s3cret" not in result.output and "***" in result.output
+
+
+@pytest.mark.parametrize("uri", ["foo://x", "mlruns"])
+def test_unsupported_tracking_uri_exits_2(study_file: Path, uri: str) -> None:
+    result = CliRunner().invoke(main, ["launch", str(study_file), "--tracking-uri", uri])
+    assert result.exit_code == 2, result.output
+    assert f"unsupported MLflow tracking URI '{uri}'" in result.output and "sqlite:///mlflow.db" in result.output
+
+
 def test_check_verdicts(study_file: Path, tmp_path: Path) -> None:
     result = run("check", str(study_file), "--epochs", "3")
     assert result.exit_code == 0, result.output
