@@ -73,7 +73,15 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
 for _name in dir(optuna.storages.BaseStorage):
     if not _name.startswith("_") and callable(getattr(optuna.storages.RDBStorage, _name, None)):
         setattr(RetryingRDBStorage, _name, retrying(getattr(optuna.storages.RDBStorage, _name)))
-# heartbeats come from a background thread: if it died on a restart, the trial would be failed as stale
-for _name in ("record_heartbeat", "_get_stale_trial_ids"):
+# heartbeats come from a background thread: if it died on a restart, the trial would be failed as stale;
+# the others are the private methods Optuna's _CachedStorage calls on its backend (suggest, ask, best trial)
+for _name in (
+    "record_heartbeat",
+    "_get_stale_trial_ids",
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_best_trial_id",
+    "_get_trials",
+):
     if hasattr(optuna.storages.RDBStorage, _name):
         setattr(RetryingRDBStorage, _name, retrying(getattr(optuna.storages.RDBStorage, _name)))

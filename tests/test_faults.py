@@ -197,6 +197,41 @@ def test_worker_survives_postgresql_restart(pg_db: str, monkeypatch: pytest.Monk
     assert not [t for t in trials if t.state == TrialState.RUNNING]
 
 
+@pytest.mark.skipif(not os.path.isdir("/etc/postgresql"), reason="needs a local PostgreSQL cluster to stop")
+def test_every_storage_call_of_a_trial_waits_out_a_database_outage(pg_db: str) -> None:
+    """Each call a worker makes (ask, suggest, report, tell, best trial) hits a stopped server and waits.
+
+    Optuna's cached storage calls private backend methods (``_create_new_trial``, ``_set_trial_param``,
+    ``_get_trials``, ...): a restart during a suggest once crashed a worker in CI.
+    """
+    import threading
+
+    version, cluster = _pg_cluster()
+    ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster]
+    study = optuna.create_study(storage=make_storage(pg_db), study_name="outage", direction="maximize")
+    trial: list[optuna.Trial] = []
+    calls: dict[str, Callable[[], Any]] = {
+        "ask": lambda: trial.append(study.ask()),
+        "suggest": lambda: trial[0].suggest_float("dropout.hidden_1", 0.2, 0.5),
+        "report": lambda: trial[0].report(0.5, 0),
+        "should_prune": lambda: trial[0].should_prune(),
+        "tell": lambda: study.tell(trial[0], 0.7),
+        "best_trial": lambda: study.best_trial,
+    }
+    try:
+        for what, call in calls.items():
+            subprocess.run([*ctl, "stop"], check=True, timeout=60)
+            restart = threading.Timer(1.5, lambda: subprocess.run([*ctl, "start"], check=True, timeout=60))
+            restart.start()
+            start = time.monotonic()
+            call()  # raises if the outage is not ridden out
+            restart.join()
+            assert time.monotonic() - start >= 1.0, f"{what} did not meet the outage"
+    finally:
+        _pg_ensure_up()
+    assert study.best_trial.value == 0.7 and study.best_trial.params["dropout.hidden_1"] >= 0.2
+
+
 def _closed_port() -> int:
     import socket
 
