@@ -28,7 +28,7 @@ def tracking_uri(uri: str | None = None) -> str:
     """The MLflow tracking URI; an empty string turns tracking off."""
     if uri is None:
         uri = os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING)
-    scheme = uri.split("://", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]  # "databricks" alone is a valid URI too
     if uri and scheme not in TRACKING_SCHEMES:
         raise SpecError(
             f"unsupported MLflow tracking URI {mask_url(uri)!r} in --tracking-uri / MLFLOW_TRACKING_URI: use "
@@ -115,5 +115,8 @@ def _reason(e: BaseException, url: str) -> str:
     """The driver's own first line, with the URL's password (if any) masked."""
     err = getattr(e, "orig", None) or e
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    password = make_url(url).password if "://" in url else None
+    try:
+        password = make_url(url).password
+    except Exception:  # the URL did not parse: there is no password to find in the message
+        password = None
     return text.replace(str(password), "***") if password else text

@@ -166,7 +166,7 @@ class PopulationRunner:
             self.ran += 1
         self.trainer.remove([k for k in self.trainer.keys if k not in self.active])
 
-    def _loop(self, stop: Shutdown | None) -> None:
+    def _loop(self, stop: Shutdown) -> None:
         """Train epoch e+1 on the device while the I/O thread reports epoch e.
 
         A member the pruner stops at epoch e has trained epoch e+1 by the time the decision lands;
@@ -183,10 +183,10 @@ class PopulationRunner:
                     pending = None
                     continue
                 # every slot is claimed by other workers' running trials: wait for them to end
-                if wait_for_slot(self.study, self.budget, self.poll, stop or (lambda: False)):
+                if wait_for_slot(self.study, self.budget, self.poll, stop):
                     continue
                 return
-            results = self.trainer.train_epoch(stop.check if stop else None)
+            results = self.trainer.train_epoch(stop.check)
             if pending is not None:
                 self._apply(pending)
                 results = [r for r in results if r.key in self.active]
@@ -196,6 +196,8 @@ class PopulationRunner:
     def run(self, stop: Shutdown | None = None) -> int:
         """Train until the budget is met or ``stop`` is asked for; return how many trials this worker finished."""
         from optuna.storages import fail_stale_trials
+
+        stop = stop or Shutdown()  # not entered: no handlers, never asks to stop
 
         if self.heartbeat.storage is not None:
             with warnings.catch_warnings():
