@@ -3,8 +3,8 @@
 Run in one process, side by side, with the same network, batch size and hyperparameters:
   (a) textbook: a torch DataLoader over a TensorDataset, one trial at a time, as in Optuna's
       PyTorch example (batches built on the host and copied to the device each step);
-  (b) sweeper: ``sweeper.train.train`` (data resident on the device, one host sync per epoch);
-  (c) population: ``sweeper.population`` with K trials stacked, for each K in ``--ks``.
+  (b) sweeper: ``sweeper.training.train.train`` (data resident on the device, one host sync per epoch);
+  (c) population: ``sweeper.training.population`` with K trials stacked, for each K in ``--ks``.
 
 Reference size (the default): 784-1024-1024-10 MLP, batch 128, 60,000 x 784 synthetic samples.
 
@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sweeper.data import Dataset, Split
-from sweeper.models import MLP
-from sweeper.population.trainer import PopulationTrainer
-from sweeper.space import Hparams
-from sweeper.spec import NetworkSpec, TrainSpec
-from sweeper.train import seed_everything, train
+from sweeper.study.space import Hparams
+from sweeper.study.spec import NetworkSpec, TrainSpec
+from sweeper.training.data import Dataset, Split
+from sweeper.training.models import MLP
+from sweeper.training.population.trainer import PopulationTrainer
+from sweeper.training.train import seed_everything, train
 
 SIZES = {
     "full": dict(n_train=60_000, n_val=10_000, in_features=784, hidden=(1024, 1024), ks=(1, 8, 32, 64)),

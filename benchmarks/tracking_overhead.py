@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sweeper import api
-from sweeper.spec import parse_spec
-from sweeper.tracking import MlflowTracker
-from sweeper.ui import start_server, stop_server
-from sweeper.worker import run_worker
+from sweeper.study.spec import parse_spec
+from sweeper.tracking.tracker import MlflowTracker
+from sweeper.tracking.ui import start_server, stop_server
+from sweeper.workers.worker import run_worker
 
 
 def free_port() -> int:

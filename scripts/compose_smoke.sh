@@ -68,12 +68,12 @@ done
 import os, sys
 import optuna
 from mlflow import MlflowClient
-from sweeper.worker import BUDGET_ATTR, FINISHED
+from sweeper.study.record import FINISHED, StudyRecord
 
 name, workers = os.environ["SWEEPER_STUDY_NAME"], set(sys.argv[1:])
 study = optuna.load_study(study_name=name, storage=os.environ["SWEEPER_STORAGE"])
 finished = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
-budget = study.user_attrs[BUDGET_ATTR]
+budget = StudyRecord.open(name, os.environ["SWEEPER_STORAGE"]).budget
 assert len(finished) >= budget, f"{len(finished)} finished trials, budget {budget}"
 trial_hosts = {t.user_attrs.get("host") for t in study.get_trials(deepcopy=False)}
 assert trial_hosts == workers, f"trials came from {trial_hosts}, worker containers are {workers}"

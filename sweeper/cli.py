@@ -200,8 +200,8 @@ def best(study_name: str, storage: str | None, as_json: bool) -> None:
 @_errors
 def check(study_file: str, epochs: int) -> None:
     """Train briefly with dropout off and confirm the training loss goes down steadily."""
-    from sweeper.check import dropout_off_check
-    from sweeper.spec import load_spec
+    from sweeper.study.spec import load_spec
+    from sweeper.training.check import dropout_off_check
 
     result = dropout_off_check(load_spec(study_file), epochs)
     click.echo(result.verdict)
@@ -222,9 +222,9 @@ def check(study_file: str, epochs: int) -> None:
 @_errors
 def ui(study_name: str | None, tracking_uri: str | None, host: str, port: int, allowed_hosts: str | None) -> None:
     """Start the MLflow dashboard on the tracking store (Ctrl-C stops it)."""
-    from sweeper.storage import mask_url
-    from sweeper.storage import tracking_uri as resolve
-    from sweeper.ui import experiment_url, serve_forever, start_server
+    from sweeper.study.storage import mask_url
+    from sweeper.study.storage import tracking_uri as resolve
+    from sweeper.tracking.ui import experiment_url, serve_forever, start_server
 
     uri = resolve(tracking_uri)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host

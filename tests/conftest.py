@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sweeper.spec import StudySpec, parse_spec
+from sweeper.study.spec import StudySpec, parse_spec
 
 PG_ADMIN = os.environ.get("SWEEPER_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

@@ -14,7 +14,7 @@ from test_dashboard import start_ui, stop_ui
 
 from conftest import tiny_spec_dict
 from sweeper import api
-from sweeper.spec import parse_spec
+from sweeper.study.spec import parse_spec
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [

@@ -23,8 +23,8 @@ from click.testing import CliRunner
 from conftest import tiny_spec_dict
 from sweeper import api
 from sweeper.cli import main
-from sweeper.spec import parse_spec
-from sweeper.worker import load_study
+from sweeper.study.record import StudyRecord
+from sweeper.study.spec import parse_spec
 
 SEARCHED = {"dropout.input", "dropout.hidden_1", "weight_decay", "momentum", "lr_scale"}
 
@@ -54,7 +54,7 @@ def test_trial_runs_carry_params_curves_tags_and_duration(tracked: dict[str, Any
     (study_run,) = _by_role(tracked, "study")
     trials = sorted(_by_role(tracked, "trial"), key=lambda r: int(r.data.tags["optuna.trial_number"]))
     assert [r.info.run_name for r in trials] == ["trial-0", "trial-1", "trial-2"]
-    study, _ = load_study("dash", tracked["storage"])
+    study = StudyRecord.open("dash", tracked["storage"]).study
     for run, trial in zip(trials, study.trials, strict=True):
         tags, params = run.data.tags, run.data.params
         assert SEARCHED <= set(params), sorted(params)
@@ -98,7 +98,7 @@ def test_best_model_loads_back_and_scores_its_recorded_test_accuracy(tracked: di
     import mlflow
     import torch
 
-    from sweeper.objective import prepare_data
+    from sweeper.training.objective import prepare_data
 
     (run,) = _by_role(tracked, "study")
     mlflow.set_tracking_uri(tracked["uri"])
@@ -106,7 +106,7 @@ def test_best_model_loads_back_and_scores_its_recorded_test_accuracy(tracked: di
     assert logged.name == "best_model" and logged.source_run_id == run.info.run_id
     info = mlflow.models.get_model_info(logged.model_uri)
     assert info.signature is not None and info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 64)
-    _, spec = load_study("dash", tracked["storage"])
+    spec = StudyRecord.open("dash", tracked["storage"]).spec
     test = prepare_data(spec, "cpu").test
     for uri in (logged.model_uri, f"runs:/{run.info.run_id}/best_model"):
         model = mlflow.pytorch.load_model(uri)
@@ -126,7 +126,7 @@ def _toy(trial: optuna.Trial) -> float:
 
 
 def test_plots_skip_what_cannot_be_drawn_yet(tmp_path: Path) -> None:
-    from sweeper.plots import write_study_plots
+    from sweeper.tracking.plots import write_study_plots
 
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     assert write_study_plots(study, tmp_path / "none") == []
@@ -139,15 +139,17 @@ def test_plots_skip_what_cannot_be_drawn_yet(tmp_path: Path) -> None:
 def test_tracker_uploads_plots_during_the_study(tracking_uri: str) -> None:
     from mlflow import MlflowClient
 
-    from sweeper.tracking import MlflowTracker, setup_study_run
+    from sweeper.study.record import StudyRecord
+    from sweeper.tracking.study_run import setup_study_run
+    from sweeper.tracking.tracker import MlflowTracker
 
     study = optuna.create_study(study_name="toy", sampler=optuna.samplers.RandomSampler(seed=0))
-    parent = setup_study_run(tracking_uri, study, {"name": "toy"}, "sqlite:///toy.db")
+    parent = setup_study_run(tracking_uri, StudyRecord(study, parse_spec({"name": "toy"})), "sqlite:///toy.db")
     tracker = MlflowTracker(tracking_uri, parent, plot_every_s=0)
     study.optimize(_toy, n_trials=2, callbacks=[tracker])
     names = {Path(a.path).name for a in MlflowClient(tracking_uri).list_artifacts(parent, "plots")}
     assert "optimization_history.png" in names, sorted(names)
-    assert not tracker._down
+    assert not tracker.sender.down
 
 
 def test_ui_refuses_unknown_study_and_servers(tracked: dict[str, Any]) -> None:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from sweeper.data import load_dataset
 from sweeper.errors import SpecError
-from sweeper.spec import DataSpec
+from sweeper.study.spec import DataSpec
+from sweeper.training.data import load_dataset
 
 
 def test_split_depends_only_on_seed() -> None:

@@ -19,10 +19,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from conftest import PG_ADMIN, tiny_spec_dict
 from sweeper import api
-from sweeper.launcher import start_workers
-from sweeper.spec import parse_spec
-from sweeper.storage import make_storage
-from sweeper.worker import run_worker
+from sweeper.study.spec import parse_spec
+from sweeper.study.storage import make_storage
+from sweeper.workers.local import start_workers
+from sweeper.workers.worker import run_worker
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # slow enough (a few hundred steps an epoch) that a signal lands mid-trial

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from sweeper.models import MLP, apply_max_norm, decay_groups
+from sweeper.training.models import MLP, apply_max_norm, decay_groups
 
 
 def _dropouts(model: MLP) -> list[nn.Dropout]:

@@ -16,12 +16,12 @@ from optuna.trial import TrialState
 from conftest import tiny_spec_dict
 from sweeper import api
 from sweeper.cli import main
-from sweeper.data import Dataset
-from sweeper.objective import fit, prepare_data
-from sweeper.population.stacked import dropout
-from sweeper.population.trainer import PopulationTrainer
-from sweeper.space import Hparams
-from sweeper.spec import StudySpec, parse_spec
+from sweeper.study.space import Hparams
+from sweeper.study.spec import StudySpec, parse_spec
+from sweeper.training.data import Dataset
+from sweeper.training.objective import fit, prepare_data
+from sweeper.training.population.stacked import dropout
+from sweeper.training.population.trainer import PopulationTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -183,7 +183,7 @@ def test_benchmark_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 def test_two_population_workers_share_the_budget_exactly(pg_url: str) -> None:
     import threading
 
-    from sweeper.worker import run_worker
+    from sweeper.workers.worker import run_worker
 
     spec = parse_spec(tiny_spec_dict("two", trials=5, train={"epochs": 1}))
     api.create(spec, 5, pg_url, "")
@@ -204,13 +204,14 @@ def test_two_population_workers_share_the_budget_exactly(pg_url: str) -> None:
 
 
 def test_a_crash_fails_the_running_members_and_leaves_none_running(tmp_path: Path) -> None:
-    from sweeper.population.runner import PopulationRunner
-    from sweeper.worker import load_study
+    from sweeper.study.record import StudyRecord
+    from sweeper.workers.population import PopulationRunner
 
     url = f"sqlite:///{tmp_path}/crash.db"
     spec = parse_spec(tiny_spec_dict("crash", trials=4))
     api.create(spec, 4, url, "")
-    study, spec = load_study("crash", url)
+    record = StudyRecord.open("crash", url)
+    study, spec = record.study, record.spec
 
     def broken_hook(trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
         raise RuntimeError("tracking bug")

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from sweeper import shutdown
-from sweeper.shutdown import Shutdown, WorkerStopped
+from sweeper.workers import shutdown
+from sweeper.workers.shutdown import Shutdown, WorkerStopped
 
 
 def _signal(sig: int) -> None:

@@ -7,7 +7,7 @@ import yaml
 
 from conftest import tiny_spec_dict
 from sweeper.errors import SpecError
-from sweeper.spec import load_spec, parse_spec
+from sweeper.study.spec import load_spec, parse_spec
 
 
 def test_defaults_are_the_literature_ranges() -> None:

@@ -7,7 +7,7 @@ from mlflow import MlflowClient
 from conftest import tiny_spec_dict
 from sweeper import api
 from sweeper.errors import StudyError
-from sweeper.spec import parse_spec
+from sweeper.study.spec import parse_spec
 
 
 def _mlflow_trial_runs(uri: str, study: str) -> list:
@@ -82,7 +82,7 @@ def test_test_score_is_reproducible(tmp_path) -> None:
 def test_user_network_and_data_example(tmp_path) -> None:
     from pathlib import Path
 
-    from sweeper.spec import load_spec
+    from sweeper.study.spec import load_spec
 
     spec = load_spec(Path(__file__).parents[1] / "studies" / "custom.yaml")
     rep = api.launch(spec, trials=2, storage=f"sqlite:///{tmp_path}/s.db", tracking="")

@@ -14,12 +14,12 @@ from optuna.trial import TrialState
 
 from conftest import tiny_spec_dict
 from sweeper import api
-from sweeper.budget import claims
 from sweeper.cli import main
 from sweeper.errors import SpecError
-from sweeper.launcher import parse_gpus, run_workers, warn_sqlite
-from sweeper.spec import parse_spec
-from sweeper.storage import make_storage, normalize_url
+from sweeper.study.spec import parse_spec
+from sweeper.study.storage import make_storage, normalize_url
+from sweeper.workers.budget import claims
+from sweeper.workers.local import parse_gpus, run_workers, warn_sqlite
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -39,7 +39,7 @@ def _free_port() -> int:
 @pytest.fixture
 def mlflow_server(tmp_path: Any) -> Iterator[str]:
     """A real ``mlflow server`` on localhost (SQLite behind it): safe for several writing processes."""
-    from sweeper.ui import start_server
+    from sweeper.tracking.ui import start_server
 
     port = _free_port()
     proc = start_server(f"sqlite:///{tmp_path}/mlflow-server.db", "127.0.0.1", port, artifacts=str(tmp_path / "art"))
@@ -100,7 +100,7 @@ def test_launch_with_workers_on_sqlite_warns_and_meets_budget(tmp_path: Any) -> 
 
 
 def test_sqlite_warning_is_printed_once(capsys: pytest.CaptureFixture[str]) -> None:
-    from sweeper import launcher
+    from sweeper.workers import local as launcher
 
     launcher._warned.clear()
     warn_sqlite("sqlite:///a.db", 3)
@@ -141,7 +141,7 @@ def test_plain_postgresql_url_uses_psycopg(pg_url: str) -> None:
 
 
 def test_workers_seed_their_samplers_differently(tiny_spec: Any) -> None:
-    from sweeper.strategy import make_sampler
+    from sweeper.study.strategy import make_sampler
 
     spec = parse_spec(tiny_spec_dict(sampler={"type": "random"}))
     draws = []
@@ -155,7 +155,7 @@ def test_two_trials_racing_for_the_last_slot_only_one_runs(storage_url: str) -> 
     """Two workers that both saw a free slot: the trial that started first runs, the other is surplus."""
     import time
 
-    from sweeper.budget import Surplus, check_claim
+    from sweeper.workers.budget import Surplus, check_claim
 
     study = optuna.create_study(storage=make_storage(storage_url))
     study.enqueue_trial({})  # trial 0 waits in the queue (e.g. a retry) ...

@@ -10,7 +10,7 @@ import time
 import urllib.request
 
 from sweeper.errors import SpecError
-from sweeper.storage import mask_url
+from sweeper.study.storage import mask_url
 
 
 def check_store(uri: str) -> None:

@@ -8,12 +8,13 @@ import optuna
 import torch
 from torch import nn
 
-from sweeper.data import Dataset, load_dataset
 from sweeper.errors import DivergedError
-from sweeper.models import build_network
-from sweeper.space import Hparams
-from sweeper.spec import StudySpec
-from sweeper.train import EpochHook, StepHook, resolve_device, seed_everything, train, trial_seed
+from sweeper.study.record import set_end_reason, set_lr
+from sweeper.study.space import Hparams
+from sweeper.study.spec import StudySpec
+from sweeper.training.data import Dataset, load_dataset
+from sweeper.training.models import build_network
+from sweeper.training.train import EpochHook, StepHook, resolve_device, seed_everything, train, trial_seed
 
 TrialHook = Callable[[optuna.Trial, int, dict[str, float]], None]
 
@@ -53,7 +54,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         hp = self.spec.space.suggest(trial, self.spec.network.n_hidden)
-        trial.set_user_attr("lr", self.spec.train.base_lr * hp.lr_scale)
+        set_lr(trial, self.spec.train.base_lr * hp.lr_scale)
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             trial.report(metrics[self.spec.metric], epoch)
@@ -66,6 +67,6 @@ class Objective:
             _, metrics = fit(self.spec, self.data, hp, trial_seed(self.spec.seed, trial.number), on_epoch, self.on_step)
         except DivergedError as e:
             # a diverged trial says something about its region of the space: keep it as pruned, with why
-            trial.set_user_attr("end_reason", str(e))
+            set_end_reason(trial, str(e))
             raise optuna.TrialPruned(str(e)) from None
         return metrics[self.spec.metric]

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from sweeper.models import MLP
-from sweeper.space import Hparams
-from sweeper.train import seed_everything
+from sweeper.study.space import Hparams
+from sweeper.training.models import MLP
+from sweeper.training.train import seed_everything
 
 _ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh}
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # nn.BatchNorm1d's defaults

@@ -3,11 +3,11 @@
 Each member reports to its own Optuna trial every epoch and is pruned by the study's pruner
 (or when it diverges, with the reason in ``end_reason`` as in ``objective.Objective``). A member
 that leaves frees its slot and the slot is refilled with a new trial from ``study.ask``, until the
-study's running plus finished trials reach the budget (claimed as ``sweeper.budget`` does).
+study's running plus finished trials reach the budget (claimed as ``sweeper.workers.budget`` does).
 MLflow hooks, Optuna reports, pruning decisions and trial-end callbacks run on one background
 thread while the device trains the next epoch, so storage and tracking I/O never stall it; a
 pruning decision lands one epoch late and the pruned member's extra epoch is dropped.
-SIGTERM / Ctrl-C (a ``sweeper.shutdown.Shutdown``) stop the population after its current step:
+SIGTERM / Ctrl-C (a ``sweeper.workers.shutdown.Shutdown``) stop the population after its current step:
 every running member ends as FAIL and is queued again, as a single trial is.
 """
 
@@ -21,14 +21,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.budget import claims, wait_for_slot
-from sweeper.data import Dataset
 from sweeper.errors import SpecError
-from sweeper.population.trainer import EpochResult, PopulationTrainer
-from sweeper.shutdown import Shutdown, WorkerStopped, requeue
-from sweeper.space import Hparams
-from sweeper.spec import StudySpec
-from sweeper.train import trial_seed
+from sweeper.study.record import set_end_reason, set_lr, tag_trial
+from sweeper.study.space import Hparams
+from sweeper.study.spec import StudySpec
+from sweeper.training.data import Dataset
+from sweeper.training.population.trainer import EpochResult, PopulationTrainer
+from sweeper.training.train import trial_seed
+from sweeper.workers.budget import claims, wait_for_slot
+from sweeper.workers.shutdown import Shutdown, WorkerStopped, requeue
 
 TrialHook = Callable[[optuna.Trial, int, dict[str, float]], None]
 StudyCallback = Callable[[optuna.Study, FrozenTrial], None]
@@ -99,7 +100,7 @@ class PopulationRunner:
         self.heartbeat = _Heartbeat(study, lambda: [t._trial_id for t in list(self.active.values())])
 
     def _refill(self) -> None:
-        """Ask trials for the free slots, claiming budget the way ``sweeper.budget`` does for one trial."""
+        """Ask trials for the free slots, claiming budget the way ``sweeper.workers.budget`` does for one trial."""
         finished, running = claims(self.study)  # running counts every worker's trials, ours included
         free = min(self.size - self.trainer.size, self.budget - finished - running)
         keys, hps, seeds = [], [], []
@@ -116,15 +117,14 @@ class PopulationRunner:
                     reason=f"budget of {self.budget} finished trials claimed by other workers; trial not trained",
                 )
                 break
-            for k, v in self.where.items():
-                trial.set_user_attr(k, v)
+            tag_trial(trial, self.where)
             try:
                 hp: Hparams = self.spec.space.suggest(trial, self.spec.network.n_hidden)
             except ValueError as e:  # the study file's space does not fit its network: every trial would fail
                 self._finish(trial, TrialState.FAIL, reason=str(e))
                 self.trainer.add(keys, hps, seeds)
                 raise SpecError(str(e)) from None
-            trial.set_user_attr("lr", self.spec.train.base_lr * hp.lr_scale)
+            set_lr(trial, self.spec.train.base_lr * hp.lr_scale)
             self.active[trial.number] = trial
             keys.append(trial.number)
             hps.append(hp)
@@ -133,7 +133,7 @@ class PopulationRunner:
 
     def _finish(self, trial: optuna.Trial, state: TrialState, value: float | None = None, reason: str = "") -> None:
         if reason:
-            trial.set_user_attr("end_reason", reason)
+            set_end_reason(trial, reason)
         frozen = self.study.tell(trial, value, state=state)
         for cb in self.callbacks:
             cb(self.study, frozen)

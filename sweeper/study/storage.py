@@ -69,9 +69,9 @@ def make_storage(
     """RDB storage with health-checked connections; heartbeats mark a killed worker's trial failed.
 
     Every storage call is retried with backoff while the database is briefly unreachable
-    (see ``sweeper.retry``), so a PostgreSQL restart mid-study does not crash workers.
+    (see ``sweeper.study.retry``), so a PostgreSQL restart mid-study does not crash workers.
     """
-    from sweeper.retry import RetryingRDBStorage
+    from sweeper.study.retry import RetryingRDBStorage
 
     url = normalize_url(url)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-log = logging.getLogger("sweeper.plots")
+log = logging.getLogger("sweeper.tracking.plots")
 
 
 def _dropout_params(study: optuna.Study) -> list[str]:

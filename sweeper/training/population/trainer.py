@@ -17,12 +17,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sweeper.data import Dataset, Split
-from sweeper.population.optim import decay_lr, max_norm_, sgd_step
-from sweeper.population.stacked import StackedMLP
-from sweeper.space import Hparams
-from sweeper.spec import NetworkSpec, TrainSpec
-from sweeper.train import StepHook
+from sweeper.study.space import Hparams
+from sweeper.study.spec import NetworkSpec, TrainSpec
+from sweeper.training.data import Dataset, Split
+from sweeper.training.population.optim import decay_lr, max_norm_, sgd_step
+from sweeper.training.population.stacked import StackedMLP
+from sweeper.training.train import StepHook
 
 
 @dataclass

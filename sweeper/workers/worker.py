@@ -3,68 +3,19 @@
 from __future__ import annotations
 
 import gc
-import os
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.budget import Surplus, check_claim, wait_for_slot
-from sweeper.errors import StudyError
-from sweeper.objective import Objective, prepare_data
-from sweeper.shutdown import Shutdown, WorkerStopped, requeue
-from sweeper.spec import StudySpec, parse_spec
-from sweeper.storage import make_storage, mask_url
-from sweeper.strategy import make_pruner, make_sampler
-from sweeper.tracking import PARENT_ATTR, MlflowTracker
-
-SPEC_ATTR = "sweeper.spec"
-BUDGET_ATTR = "sweeper.budget"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-
-def load_study(
-    study_name: str, storage: str | optuna.storages.BaseStorage, worker_id: int = 0, heartbeat: bool = False
-) -> tuple[optuna.Study, StudySpec]:
-    """The study and the spec stored with it, with this worker's sampler and the study's pruner."""
-    if isinstance(storage, str) and heartbeat:
-        interval, grace = heartbeat_settings()
-        st = make_storage(storage, heartbeat_interval=interval, grace_period=grace)
-    elif isinstance(storage, str):
-        st = make_storage(storage)
-    else:
-        st = storage
-    try:
-        summary = optuna.load_study(study_name=study_name, storage=st)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(st)]
-        where = mask_url(storage) if isinstance(storage, str) else "the storage"
-        raise StudyError(
-            f"no study named {study_name!r} in {where}; known studies: {', '.join(names) or 'none'} "
-            f"(create one with 'sweeper launch STUDY_FILE')"
-        ) from None
-    raw = summary.user_attrs.get(SPEC_ATTR)
-    if raw is None:
-        raise StudyError(f"study {study_name!r} was not created by sweeper (it has no stored study file)")
-    spec = parse_spec(raw)
-    study = optuna.load_study(
-        study_name=study_name, storage=st, sampler=make_sampler(spec, worker_id), pruner=make_pruner(spec)
-    )
-    return study, spec
-
-
-def heartbeat_settings() -> tuple[int, int]:
-    """(interval, grace) in seconds: a killed worker's trial is failed and retried after ``grace``.
-
-    ``SWEEPER_HEARTBEAT`` and ``SWEEPER_HEARTBEAT_GRACE`` override the defaults (10 s, 3 intervals).
-    """
-    interval = int(os.environ.get("SWEEPER_HEARTBEAT", "10"))
-    return interval, int(os.environ.get("SWEEPER_HEARTBEAT_GRACE", str(3 * interval)))
-
-
-def n_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+from sweeper.study.record import StudyRecord, heartbeat_settings, n_finished, set_end_reason, tag_trial
+from sweeper.study.spec import StudySpec
+from sweeper.tracking.tracker import MlflowTracker
+from sweeper.training.objective import Objective, prepare_data
+from sweeper.workers.budget import Surplus, check_claim, wait_for_slot
+from sweeper.workers.shutdown import Shutdown, WorkerStopped, requeue
 
 
 class _StopAfterFailures:
@@ -107,22 +58,27 @@ def run_worker(
     progress: bool = False,
     device: str | None = None,
     population: int | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> int:
     """Run trials of an existing study until it has its budget of finished trials; return how many this worker ran.
 
-    The budget is shared by every worker (see ``sweeper.budget``). SIGTERM or Ctrl-C ends the running
-    trial as FAIL, queues it again and returns (see ``sweeper.shutdown``).
+    Each trial records where it ran (host, worker id, device, plus ``labels`` such as a cluster node)
+    as trial attributes and MLflow tags.
+
+    The budget is shared by every worker (see ``sweeper.workers.budget``). SIGTERM or Ctrl-C ends the running
+    trial as FAIL, queues it again and returns (see ``sweeper.workers.shutdown``).
     """
-    study, spec = load_study(study_name, storage, worker_id, heartbeat=True)
-    budget = int(study.user_attrs.get(BUDGET_ATTR, spec.trials))
-    if n_finished(study) >= budget:
+    record = StudyRecord.open(study_name, storage, worker_id, heartbeat=True)
+    study, spec, budget = record.study, record.spec, record.budget
+    if record.done:
         return 0
     data = prepare_data(spec, device)
     where = {"host": socket.gethostname(), "worker": str(worker_id), "device": str(data.train.x.device)}
+    where.update(labels or {})
     hooks: list[Any] = []
     failures = _StopAfterFailures()
     callbacks: list[Any] = [failures]
-    parent = study.user_attrs.get(PARENT_ATTR)
+    parent = record.parent_run_id
     tracker = None
     if tracking_uri and parent:
         tracker = MlflowTracker(tracking_uri, parent, where)
@@ -141,18 +97,17 @@ def run_worker(
     def tagged(trial: optuna.Trial) -> float:
         current[:] = [trial._trial_id]
         check_claim(trial, budget, poll, stop)
-        for k, v in where.items():
-            trial.set_user_attr(k, v)
+        tag_trial(trial, where)
         try:
             stop.check()  # the signal came between ask() and here
             return objective(trial)
         except WorkerStopped as e:
-            trial.set_user_attr("end_reason", f"{e}; queued again")
+            set_end_reason(trial, f"{e}; queued again")
             raise
         except optuna.TrialPruned:
             raise
         except Exception as e:
-            trial.set_user_attr("end_reason", f"{type(e).__name__}: {e}"[:2000])
+            set_end_reason(trial, f"{type(e).__name__}: {e}")
             oom[:] = [_is_oom(e)]
             raise
 
@@ -193,8 +148,8 @@ def _run_population(
     callbacks: list[Any],
     progress: bool,
 ) -> int:
-    """K trials at a time, stacked on one device (see ``sweeper.population``)."""
-    from sweeper.population.runner import PopulationRunner
+    """K trials at a time, stacked on one device (see ``sweeper.training.population``)."""
+    from sweeper.workers.population import PopulationRunner
 
     bar = _Progress(study, budget) if progress else None
     runner = PopulationRunner(study, spec, data, size, budget, where, hooks, callbacks + ([bar] if bar else []))

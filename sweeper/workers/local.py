@@ -15,7 +15,7 @@ import sys
 import time
 
 from sweeper.errors import SpecError
-from sweeper.storage import normalize_url
+from sweeper.study.storage import normalize_url
 
 _warned: set[str] = set()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from sweeper.population.stacked import StackedMLP
+from sweeper.training.population.stacked import StackedMLP
 
 
 def _col(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import warnings
 
 import optuna
 
-from sweeper.spec import StudySpec
+from sweeper.study.spec import StudySpec
 
 
 def make_sampler(spec: StudySpec, worker_id: int = 0) -> optuna.samplers.BaseSampler:

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from sweeper.errors import SpecError
-from sweeper.loader import load_callable
+from sweeper.training.loader import load_callable
 
 if TYPE_CHECKING:
-    from sweeper.spec import NetworkSpec
+    from sweeper.study.spec import NetworkSpec
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sweeper.errors import SpecError
-from sweeper.space import Space
+from sweeper.study.space import Space
 
 
 class _Section(BaseModel):

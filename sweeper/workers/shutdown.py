@@ -13,7 +13,6 @@ from ``sweeper launch``, which passes signals on) and is ignored.
 
 from __future__ import annotations
 
-import copy
 import signal
 import threading
 import time
@@ -23,6 +22,8 @@ from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from sweeper.study.record import retry_copy
 
 REPEAT_S = 2.0
 
@@ -74,8 +75,7 @@ def requeue(study: optuna.Study, trial_id: int) -> FrozenTrial:
     """
     frozen = study._storage.get_trial(trial_id)
     if frozen.state == TrialState.FAIL:
-        retry = copy.copy(frozen)
-        retry.user_attrs = {k: v for k, v in frozen.user_attrs.items() if k != "end_reason"}
+        retry = retry_copy(frozen)
         with warnings.catch_warnings():  # experimental since 2.8, the one retry API Optuna 5 keeps
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)(study, retry)

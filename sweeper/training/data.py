@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from sweeper.errors import SpecError
-from sweeper.loader import load_callable
-from sweeper.spec import DataSpec
+from sweeper.study.spec import DataSpec
+from sweeper.training.loader import load_callable
 
 
 @dataclass(frozen=True)

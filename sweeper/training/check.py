@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sweeper.objective import fit, prepare_data
-from sweeper.space import Hparams
-from sweeper.spec import StudySpec
+from sweeper.study.space import Hparams
+from sweeper.study.spec import StudySpec
+from sweeper.training.objective import fit, prepare_data
 
 
 @dataclass

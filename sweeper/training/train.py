@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeper.data import Dataset, Split
 from sweeper.errors import DivergedError
-from sweeper.models import apply_max_norm, decay_groups
-from sweeper.space import Hparams
-from sweeper.spec import TrainSpec
+from sweeper.study.space import Hparams
+from sweeper.study.spec import TrainSpec
+from sweeper.training.data import Dataset, Split
+from sweeper.training.models import apply_max_norm, decay_groups
 
 EpochHook = Callable[[int, dict[str, float]], None]
 StepHook = Callable[[], None]

@@ -1,0 +1,219 @@
+"""A study's stored record: the one module that knows what sweeper keeps in Optuna's ``user_attrs``.
+
+Study level: the study file (spec), the trial budget, the MLflow parent run id, the best trial's
+test score. Trial level: where it ran (host, worker, device, node), its learning rate, and why it
+ended. Everything else reads and writes these through the named accessors here, never by key.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeper.errors import StudyError
+from sweeper.study.spec import StudySpec, parse_spec
+from sweeper.study.storage import make_storage, mask_url
+from sweeper.study.strategy import make_pruner, make_sampler
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+_SPEC = "sweeper.spec"
+_BUDGET = "sweeper.budget"
+_PARENT_RUN = "sweeper.mlflow_parent_run"
+_TEST = "sweeper.best_test"
+_END_REASON = "end_reason"
+_LR = "lr"
+
+
+@dataclass
+class StudyReport:
+    """What ``sweeper status`` and ``sweeper best`` print: counts by state, the best trial, its test score."""
+
+    name: str
+    budget: int
+    counts: dict[str, int]
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_trial: int | None = None
+    test: dict[str, Any] | None = None
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(interval, grace) in seconds: a killed worker's trial is failed and retried after ``grace``.
+
+    ``SWEEPER_HEARTBEAT`` and ``SWEEPER_HEARTBEAT_GRACE`` override the defaults (10 s, 3 intervals).
+    """
+    interval = int(os.environ.get("SWEEPER_HEARTBEAT", "10"))
+    return interval, int(os.environ.get("SWEEPER_HEARTBEAT_GRACE", str(3 * interval)))
+
+
+class StudyRecord:
+    """An Optuna study with the spec stored in it, and typed access to what sweeper keeps there.
+
+    ``StudyRecord.create`` makes (or checks and resumes) one; ``StudyRecord.open`` loads one by name,
+    with a worker's sampler and the study's pruner.
+    """
+
+    def __init__(self, study: optuna.Study, spec: StudySpec) -> None:
+        self.study, self.spec = study, spec
+
+    @property
+    def name(self) -> str:
+        return self.study.study_name
+
+    # -- create / open -------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls, spec: StudySpec, storage: str, trials: int | None = None, allow_changed: bool = False
+    ) -> StudyRecord:
+        """Create the study with its spec stored in it, or check an existing one's spec and resume it."""
+        study = optuna.create_study(
+            study_name=spec.name, storage=make_storage(storage), direction=spec.direction, load_if_exists=True
+        )
+        stored = study.user_attrs.get(_SPEC)
+        if stored is not None and not allow_changed and parse_spec(stored).fingerprint() != spec.fingerprint():
+            raise StudyError(
+                f"study {spec.name!r} already exists in {mask_url(storage)} with a different study file; "
+                f"resume it unchanged, pick a new 'name', or pass --allow-changed-spec"
+            )
+        if study.direction.name.lower() != spec.direction:
+            raise StudyError(
+                f"study {spec.name!r} exists with direction {study.direction.name.lower()}, not {spec.direction}"
+            )
+        study.set_user_attr(_SPEC, spec.to_dict())
+        study.set_user_attr(_BUDGET, trials or spec.trials)
+        return cls(study, spec)
+
+    @classmethod
+    def open(
+        cls,
+        name: str,
+        storage: str | optuna.storages.BaseStorage,
+        worker_id: int = 0,
+        heartbeat: bool = False,
+    ) -> StudyRecord:
+        """The study and the spec stored with it, with this worker's sampler and the study's pruner.
+
+        ``heartbeat``: the storage records this worker's heartbeats (a worker that runs trials).
+        """
+        if isinstance(storage, str):
+            interval, grace = heartbeat_settings() if heartbeat else (None, None)
+            st = make_storage(storage, heartbeat_interval=interval, grace_period=grace)
+        else:
+            st = storage
+        spec = _stored_spec(name, st, mask_url(storage) if isinstance(storage, str) else "the storage")
+        study = optuna.load_study(
+            study_name=name, storage=st, sampler=make_sampler(spec, worker_id), pruner=make_pruner(spec)
+        )
+        return cls(study, spec)
+
+    # -- the study's stored facts ----------------------------------------------------------------
+    @property
+    def budget(self) -> int:
+        return int(self.study.user_attrs.get(_BUDGET, self.spec.trials))
+
+    @property
+    def parent_run_id(self) -> str | None:
+        run = self.study.user_attrs.get(_PARENT_RUN)
+        return str(run) if run else None
+
+    def set_parent_run_id(self, run_id: str) -> None:
+        self.study.set_user_attr(_PARENT_RUN, run_id)
+
+    @property
+    def test_result(self) -> dict[str, Any] | None:
+        result = self.study.user_attrs.get(_TEST)
+        return dict(result) if result else None
+
+    def set_test_result(self, result: dict[str, Any]) -> None:
+        self.study.set_user_attr(_TEST, result)
+
+    # -- what the trials say ---------------------------------------------------------------------
+    def n_finished(self) -> int:
+        return n_finished(self.study)
+
+    @property
+    def done(self) -> bool:
+        return self.n_finished() >= self.budget
+
+    def counts(self) -> dict[str, int]:
+        counts = {s.name.lower(): 0 for s in TrialState}
+        for t in self.study.get_trials(deepcopy=False):
+            counts[t.state.name.lower()] += 1
+        return counts
+
+    def best_trial(self) -> FrozenTrial | None:
+        if not self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            return None
+        return self.study.best_trial
+
+    def report(self) -> StudyReport:
+        rep = StudyReport(self.name, self.budget, self.counts())
+        best = self.best_trial()
+        if best is not None:
+            rep.best_value, rep.best_params, rep.best_trial = best.value, best.params, best.number
+        rep.test = self.test_result
+        return rep
+
+
+def _stored_spec(name: str, storage: optuna.storages.BaseStorage, where: str) -> StudySpec:
+    try:
+        summary = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise StudyError(
+            f"no study named {name!r} in {where}; known studies: {', '.join(names) or 'none'} "
+            f"(create one with 'sweeper launch STUDY_FILE')"
+        ) from None
+    raw = summary.user_attrs.get(_SPEC)
+    if raw is None:
+        raise StudyError(f"study {name!r} was not created by sweeper (it has no stored study file)")
+    return parse_spec(raw)
+
+
+def sweeper_study_names(storage: str) -> list[str]:
+    """The names of the studies in ``storage`` that sweeper created (they carry a spec)."""
+    summaries = optuna.get_all_study_summaries(make_storage(storage), include_best_trial=False)
+    return [s.study_name for s in summaries if _SPEC in s.user_attrs]
+
+
+def n_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+# -- trial attributes ------------------------------------------------------------------------------
+def tag_trial(trial: optuna.Trial, where: Mapping[str, str]) -> None:
+    """Where a trial runs (host, worker, device, node, ...), as trial attributes."""
+    for k, v in where.items():
+        trial.set_user_attr(k, v)
+
+
+def where_ran(trial: FrozenTrial, keys: tuple[str, ...] = ("host", "worker", "device")) -> dict[str, Any]:
+    return {k: trial.user_attrs[k] for k in keys if k in trial.user_attrs}
+
+
+def set_lr(trial: optuna.Trial, lr: float) -> None:
+    trial.set_user_attr(_LR, lr)
+
+
+def set_end_reason(trial: optuna.Trial, reason: str) -> None:
+    trial.set_user_attr(_END_REASON, reason[:2000])
+
+
+def end_reason(trial: FrozenTrial) -> str | None:
+    """Why a trial ended (sweeper's reason, or Optuna's own for a heartbeat-failed trial)."""
+    reason = trial.user_attrs.get(_END_REASON) or trial.system_attrs.get("fail_reason")
+    return str(reason) if reason else None
+
+
+def retry_copy(trial: FrozenTrial) -> FrozenTrial:
+    """A copy of a stopped trial to queue again: same parameters and attributes, but no end reason."""
+    retry = copy.copy(trial)
+    retry.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != _END_REASON}
+    return retry

@@ -1,0 +1,1 @@
+"""Track a study in MLflow: the study run, one nested run per trial, plots, and the dashboard."""
