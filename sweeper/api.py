@@ -12,7 +12,7 @@ from sweeper.errors import SpecError
 from sweeper.study.record import StudyRecord, StudyReport, n_finished, sweeper_study_names
 from sweeper.study.spec import StudySpec, load_spec
 from sweeper.study.storage import mask_url, storage_url, tracking_uri
-from sweeper.workers.worker import run_worker
+from sweeper.workers.local import set_threads, threads_per_worker
 
 log = logging.getLogger("sweeper")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -34,33 +34,63 @@ def launch(
     population: int | None = None,
     workers: int = 1,
     gpus: str | None = None,
+    threads: int | None = None,
+    ray: str | None = None,
+    cpus_per_worker: float | None = None,
+    gpus_per_worker: float | None = None,
 ) -> StudyReport:
     """Create or resume a study from a study file, run it to its budget, and score the best trial on test.
 
     With ``workers > 1`` (or ``gpus``) the trials run in that many worker processes (``sweeper.workers.local``).
+    With ``ray`` (a ``ray.init`` address: ``auto``, ``host:6379``, ``ray://host:10001``, or ``''``/``local``
+    for a Ray started here) they run as Ray tasks, each asking for ``cpus_per_worker`` (default 1) and
+    ``gpus_per_worker`` (default 0; fractions share a GPU) (``sweeper.workers.ray_launcher``).
 
     ``population`` trains that many trials at once, stacked on one device (default: the study file's
-    ``train.population``, 1 unless set).
+    ``train.population``, 1 unless set). ``threads``: torch threads per worker (default: worker processes
+    share the cores evenly; one worker in this process keeps torch's default, every core).
     """
     _check_population(population)
+    if ray is not None:  # Ray places the workers; its cluster is checked before the study exists
+        from sweeper.workers.ray_launcher import RayWorkers
+
+        if gpus is not None:
+            raise SpecError(f"--gpus {gpus!r} picks this machine's GPUs; with --ray, use --gpus-per-worker")
+        threads_per_worker(workers, threads)
+        spec = study_file if isinstance(study_file, StudySpec) else load_spec(study_file)
+        url, uri = storage_url(storage), tracking_uri(tracking)
+        cpus = 1.0 if cpus_per_worker is None else cpus_per_worker
+        with RayWorkers.connect(ray, url, uri, workers, cpus, gpus_per_worker or 0.0) as cluster:
+            create(spec, trials, storage, tracking, allow_changed)
+            cluster.run(spec.name, url, uri, workers, population, threads, progress)
+        return finish(spec.name, url, uri, score_test)
+    if cpus_per_worker is not None or gpus_per_worker is not None:
+        raise SpecError("--cpus-per-worker and --gpus-per-worker ask Ray for resources: add --ray (e.g. --ray auto)")
     if workers > 1 or gpus is not None:
         from sweeper.workers.local import parse_gpus
 
-        parse_gpus(gpus)  # a wrong --gpus stops us before the study exists
+        threads_per_worker(workers, threads)  # a bad --threads or --gpus stops us before the study exists
+        parse_gpus(gpus)
+    else:
+        set_threads(threads)  # trials train in this process
     spec = create(study_file, trials, storage, tracking, allow_changed)
     url, uri = storage_url(storage), tracking_uri(tracking)
     if workers > 1 or gpus is not None:
         from sweeper.workers.local import run_workers
 
-        run_workers(spec.name, url, uri, workers, gpus, population=population)
+        run_workers(spec.name, url, uri, workers, gpus, population=population, threads=threads)
     else:
+        from sweeper.workers.worker import run_worker
+
         run_worker(spec.name, url, uri, progress=progress, population=population)
     return finish(spec.name, url, uri, score_test)
 
 
 def finish(study_name: str, storage: str, tracking: str | None, score_test: bool = True) -> StudyReport:
     """After the workers: the study's dashboard in MLflow, the test score once the budget is met, the report."""
-    record = StudyRecord.open(study_name, storage)
+    record = StudyRecord.open(study_name, storage, wait=True)  # the workers rode out an outage: so does launch
+    if tracking and record.parent_run_id:
+        log.info("logging the study's summary and plots to MLflow")
     _log_dashboard(record, tracking)
     # stopped early (Ctrl-C, SIGTERM): the test split is scored once, when the study is done
     if score_test and record.done:
@@ -86,13 +116,14 @@ def create(
     _preflight(spec)
     record = StudyRecord.create(spec, url, trials, allow_changed)
     if uri:
-        from sweeper.tracking.client import reachable
+        from sweeper.tracking.client import server_problem
         from sweeper.tracking.study_run import setup_study_run
 
-        if reachable(uri):
+        problem = server_problem(uri)
+        if problem is None:
             setup_study_run(uri, record, url)
         else:  # tracking is an edge: the study runs, its results are in the study database
-            log.warning("MLflow tracking server %s does not answer; the study runs without tracking", mask_url(uri))
+            log.warning("MLflow tracking at %s %s; the study runs without tracking", mask_url(uri), problem)
     return spec
 
 
@@ -101,6 +132,7 @@ def _preflight(spec: StudySpec) -> None:
     from sweeper.training.data import load_dataset
     from sweeper.training.models import build_network
 
+    log.info("checking %s: loading the %s data and building the network", spec.name, spec.data.dataset)
     data = load_dataset(spec.data, spec.seed, spec.base_dir)
     rates = (0.0,) * (spec.network.n_hidden + 1)
     build_network(spec.network, data.in_features, data.num_classes, rates, False, spec.base_dir)
@@ -125,6 +157,7 @@ def score_best_on_test(
     cached = record.test_result
     if cached and cached.get("trial") == best.number:
         return cached
+    log.info("retraining the best trial #%d (same seed) to score it once on the test split", best.number)
     data = prepare_data(spec)
     hp = spec.space.suggest(optuna.trial.FixedTrial(best.params, best.number), spec.network.n_hidden)
     model, metrics = fit(spec, data, hp, trial_seed(spec.seed, best.number))
@@ -140,7 +173,11 @@ def score_best_on_test(
     if uri and record.parent_run_id:
         from sweeper.tracking.study_run import log_best_model
 
-        log_best_model(uri, record.parent_run_id, record.study, model, data, result)
+        log.info("logging the best model to MLflow")
+        try:
+            log_best_model(uri, record.parent_run_id, record.study, model, data, result)
+        except Exception as e:  # tracking must never fail a finished study: the test score is in the database
+            log.warning("could not log the best model to MLflow at %s (%s)", mask_url(uri), type(e).__name__)
     return result
 
 
@@ -161,12 +198,17 @@ def join(
     population: int | None = None,
     worker_id: int = 0,
     device: str | None = None,
+    threads: int | None = None,
 ) -> int:
-    """Run a worker on an existing study (the study file comes from the storage)."""
+    """Run a worker on an existing study (the study file comes from the storage); ``threads``: torch's threads."""
+    from sweeper.workers.worker import run_worker
+
     _check_population(population)
+    set_threads(threads)
     url, uri = storage_url(storage), tracking_uri(tracking)
     n = run_worker(study_name, url, uri, worker_id, progress=progress, device=device, population=population)
-    _log_dashboard(StudyRecord.open(study_name, url), uri)
+    if n:  # a worker that ran nothing leaves the study run (and its end time) as it was
+        _log_dashboard(StudyRecord.open(study_name, url, wait=True), uri)
     return n
 
 

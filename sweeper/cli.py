@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import os
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -25,8 +28,23 @@ def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except SweeperError as e:
             raise UserError(str(e)) from None
+        except Exception as e:  # e.g. the study database gave out inside Optuna, which raised its own error
+            cause = _sweeper_cause(e)
+            if cause is None:
+                raise
+            raise UserError(str(cause)) from None
 
     return wrapper
+
+
+def _sweeper_cause(e: BaseException | None) -> SweeperError | None:
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, SweeperError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 storage_opt = click.option(
@@ -36,6 +54,12 @@ tracking_opt = click.option(
     "--tracking-uri",
     envvar="MLFLOW_TRACKING_URI",
     help="MLflow tracking URI [default: sqlite:///mlflow.db]; '' turns tracking off.",
+)
+threads_opt = click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="torch (OpenMP/MKL) threads per worker [default: launch --workers N gives each worker cores/N; "
+    "otherwise OMP_NUM_THREADS or every core].",
 )
 population_opt = click.option(
     "--population",
@@ -61,8 +85,29 @@ def study_file_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group()
 @click.version_option(package_name="sweeper")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also show MLflow's and Optuna's own messages.")
+def main(verbose: bool) -> None:
     """Regularization sweeps (dropout, L2/L1, momentum, lr scale, max-norm) for PyTorch networks."""
+    _configure_logging(verbose)
+
+
+class _Echo(logging.Handler):
+    """sweeper's messages as plain lines on stderr (looked up at each message, so CliRunner captures them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        click.echo(f"warning: {text}" if record.levelno >= logging.WARNING else text, err=True)
+
+
+def _configure_logging(verbose: bool) -> None:
+    """sweeper says what it is doing on stderr; MLflow's own INFO lines only with --verbose."""
+    logger = logging.getLogger("sweeper")
+    if not any(isinstance(h, _Echo) for h in logger.handlers):
+        logger.addHandler(_Echo())
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:  # read by MLflow (here and in every worker process started from here)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a "View run" line per trial
 
 
 @main.command()
@@ -73,9 +118,29 @@ def main() -> None:
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Worker processes on this machine; they share the trial budget.",
+    help="Worker processes on this machine (Ray tasks with --ray); they share the trial budget.",
 )
 @click.option("--gpus", help="GPUs for the workers, round-robin: 'all' (default), 'none' (CPU) or ids like '0,2'.")
+@threads_opt
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    metavar="[ADDRESS]",
+    help="Run the workers as Ray tasks: 'auto' (the cluster this node is in), host:6379, ray://host:10001, "
+    "or no address for a Ray started on this machine. Needs pip install 'sweeper[ray]'.",
+)
+@click.option(
+    "--cpus-per-worker",
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --ray: CPUs Ray reserves for each worker [default: 1].",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=click.FloatRange(min=0),
+    help="With --ray: GPUs for each worker, e.g. 1, or 0.25 for four workers per GPU [default: 0, the CPU].",
+)
 @_errors
 def launch(
     study_file: str,
@@ -86,6 +151,10 @@ def launch(
     population: int | None,
     workers: int,
     gpus: str | None,
+    threads: int | None,
+    ray_address: str | None,
+    cpus_per_worker: float | None,
+    gpus_per_worker: float | None,
 ) -> None:
     """Create (or resume) the study in STUDY_FILE and run it to its budget."""
     from sweeper import api
@@ -100,6 +169,10 @@ def launch(
         population=population,
         workers=workers,
         gpus=gpus,
+        threads=threads,
+        ray=ray_address,
+        cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker,
     )
     _print_report(rep)
 
@@ -131,6 +204,7 @@ def create(
 )
 @click.option("--device", help="cpu | cuda | cuda:N [default: the study file's train.device].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@threads_opt
 @_errors
 def worker(
     study_name: str,
@@ -140,12 +214,20 @@ def worker(
     worker_id: int,
     device: str | None,
     progress: bool,
+    threads: int | None,
 ) -> None:
     """Join the existing study STUDY_NAME and run trials until its budget is met (SIGTERM/Ctrl-C stop it cleanly)."""
     from sweeper import api
 
     n = api.join(
-        study_name, storage, tracking_uri, progress=progress, population=population, worker_id=worker_id, device=device
+        study_name,
+        storage,
+        tracking_uri,
+        progress=progress,
+        population=population,
+        worker_id=worker_id,
+        device=device,
+        threads=threads,
     )
     click.echo(f"worker ran {n} trial(s)")
 
@@ -229,9 +311,14 @@ def ui(study_name: str | None, tracking_uri: str | None, host: str, port: int, a
     uri = resolve(tracking_uri)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = experiment_url(uri, f"http://{shown}:{port}", study_name)  # a wrong study name fails before the server starts
-    proc = start_server(uri, host, port, allowed_hosts=allowed_hosts)
+    verbose = logging.getLogger("sweeper").isEnabledFor(logging.DEBUG)
+    log_file = None if verbose else os.path.join(tempfile.gettempdir(), f"sweeper-mlflow-ui-{port}.log")
+    proc = start_server(uri, host, port, allowed_hosts=allowed_hosts, log_file=log_file)
     click.echo(f"MLflow UI on {mask_url(uri)}: {url}")
-    click.echo("Ctrl-C to stop")
+    click.echo(
+        "Ctrl-C to stop. The link lists the trial runs, best first; add dropout and other parameters as "
+        "table columns with 'Columns'." + (f" Server log: {log_file} (-v shows it here)" if log_file else "")
+    )
     serve_forever(proc)
 
 

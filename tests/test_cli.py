@@ -123,13 +123,14 @@ def test_unsupported_tracking_uri_exits_2(study_file: Path, uri: str) -> None:
 def test_check_verdicts(study_file: Path, tmp_path: Path) -> None:
     result = run("check", str(study_file), "--epochs", "3")
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("PASS")
+    assert result.stdout.startswith("PASS")  # the verdict on stdout; per-epoch progress on stderr
+    assert "epoch 3/3: training loss" in result.stderr
     # a learning rate far too high: the check must catch it before a sweep is run
     hot = tmp_path / "hot.yaml"
     hot.write_text(yaml.safe_dump(tiny_spec_dict(train={"base_lr": 1e4})))
     result = CliRunner().invoke(main, ["check", str(hot), "--epochs", "3"])
     assert result.exit_code == 1, result.output
-    assert result.output.startswith("FAIL")
+    assert result.stdout.startswith("FAIL")
 
 
 def test_create_then_worker(study_file: Path, tmp_path: Path) -> None:

@@ -18,13 +18,14 @@ def _signal(sig: int) -> None:
 
 
 def test_a_signal_only_records_the_request_until_check() -> None:
+    before = signal.getsignal(signal.SIGTERM)
     with Shutdown() as stop:
         _signal(signal.SIGTERM)  # no exception here: this could have been inside an import
         assert stop() and stop.requested == "SIGTERM"
         _signal(signal.SIGINT)  # the same Ctrl-C passed on by `sweeper launch`: ignored
         with pytest.raises(WorkerStopped, match="SIGTERM"):
             stop.check()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
 
 
 def test_a_later_second_signal_stops_at_once(monkeypatch: pytest.MonkeyPatch) -> None:

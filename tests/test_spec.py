@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
 from conftest import tiny_spec_dict
+from sweeper.cli import main
 from sweeper.errors import SpecError
 from sweeper.study.spec import load_spec, parse_spec
 
@@ -59,6 +61,12 @@ def test_values_can_be_fixed_ranged_or_off() -> None:
         ({"network": {"hidden": []}}, ["network.hidden", "at least one"]),
         ({"data": {"dataset": "file"}}, ["data", "path"]),
         ({"metric": "val_loss", "direction": "maximize"}, ["minimize"]),
+        ({"data": {"dataset": "mnist1d_standard", "num_samples": 100}}, ["num_samples 100", "remove num_samples"]),
+        ({"data": {"dataset": "mnist1d_standard", "split": "random"}}, ["'random'", "dataset 'mnist1d'"]),
+        ({"data": {"dataset": "mnist1d_standard", "test_fraction": 0.2}}, ["test_fraction 0.2", "remove"]),
+        ({"data": {"dataset": "mnist1d", "split": "given"}}, ["no given test split", "mnist1d_standard"]),
+        ({"data": {"dataset": "file", "path": "d.csv", "split": "given"}}, ["'d.csv'", "numpy.savez"]),
+        ({"data": {"split": "official"}}, ["data.split", "official"]),
     ],
 )
 def test_bad_values_name_the_field(override: dict, words: list[str]) -> None:
@@ -99,3 +107,30 @@ def test_fingerprint_ignores_budget_but_not_space() -> None:
     a = parse_spec(tiny_spec_dict())
     assert a.fingerprint() == parse_spec(tiny_spec_dict(trials=50)).fingerprint()
     assert a.fingerprint() != parse_spec(tiny_spec_dict(space={"momentum": 0.9})).fingerprint()
+
+
+@pytest.mark.parametrize("content", ["", "# only a comment\n", "\n\n"])
+@pytest.mark.parametrize("command", ["launch", "create", "check"])
+def test_empty_study_file_is_named_by_the_cli(tmp_path: Path, content: str, command: str) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(content)
+    result = CliRunner().invoke(main, [command, str(empty)])
+    assert result.exit_code == 2, result.output
+    assert f"study file {str(empty)!r} is empty" in result.output and "name: my-study" in result.output
+    assert "Traceback" not in result.output and "NoneType" not in result.output
+    assert not (tmp_path / "sweeper.db").exists() and not (tmp_path / "mlflow.db").exists()  # nothing was created
+
+
+def test_standard_mnist1d_split_defaults_and_round_trip() -> None:
+    spec = parse_spec(tiny_spec_dict(data={"dataset": "mnist1d_standard"}))
+    assert spec.data.split == "given" and spec.data.test_fraction is None and spec.data.num_samples is None
+    again = parse_spec(spec.to_dict())  # what a resumed study does with the spec stored in its database
+    assert again == spec and again.fingerprint() == spec.fingerprint()
+    random = parse_spec(tiny_spec_dict(data={"dataset": "mnist1d"}))
+    assert random.data.split == "random" and random.data.test_fraction == 0.15 and random.data.num_samples == 10000
+    assert parse_spec(random.to_dict()) == random
+
+
+def test_empty_list_of_hidden_dropout_ranges_is_refused() -> None:
+    with pytest.raises(SpecError, match=r"space.dropout_hidden: give a range like \[0.2, 0.5\]"):
+        parse_spec({"name": "x", "space": {"dropout_hidden": []}})

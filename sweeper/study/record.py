@@ -73,9 +73,8 @@ class StudyRecord:
         cls, spec: StudySpec, storage: str, trials: int | None = None, allow_changed: bool = False
     ) -> StudyRecord:
         """Create the study with its spec stored in it, or check an existing one's spec and resume it."""
-        study = optuna.create_study(
-            study_name=spec.name, storage=make_storage(storage), direction=spec.direction, load_if_exists=True
-        )
+        st = make_storage(storage, wait=True)  # in Docker or Kubernetes the database may come up after us
+        study = optuna.create_study(study_name=spec.name, storage=st, direction=spec.direction, load_if_exists=True)
         stored = study.user_attrs.get(_SPEC)
         if stored is not None and not allow_changed and parse_spec(stored).fingerprint() != spec.fingerprint():
             raise StudyError(
@@ -97,14 +96,16 @@ class StudyRecord:
         storage: str | optuna.storages.BaseStorage,
         worker_id: int = 0,
         heartbeat: bool = False,
+        wait: bool = False,
     ) -> StudyRecord:
         """The study and the spec stored with it, with this worker's sampler and the study's pruner.
 
         ``heartbeat``: the storage records this worker's heartbeats (a worker that runs trials).
+        ``wait``: a database server that is down is waited for (``SWEEPER_DB_RETRY_S``), as a worker does.
         """
         if isinstance(storage, str):
             interval, grace = heartbeat_settings() if heartbeat else (None, None)
-            st = make_storage(storage, heartbeat_interval=interval, grace_period=grace)
+            st = make_storage(storage, heartbeat_interval=interval, grace_period=grace, wait=wait or heartbeat)
         else:
             st = storage
         spec = _stored_spec(name, st, mask_url(storage) if isinstance(storage, str) else "the storage")

@@ -11,7 +11,7 @@ Defaults follow the dropout literature (Srivastava et al. 2014; Liang et al. 202
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
@@ -50,6 +50,8 @@ class Param(BaseModel):
         kinds = [self.value is not None, self.choices is not None, self.low is not None or self.high is not None]
         if sum(kinds) != 1:
             raise ValueError("give exactly one of: a fixed value, [low, high], or choices")
+        if self.choices is not None and not self.choices:
+            raise ValueError("give a range like [0.2, 0.5] or at least one choice, not []")
         if kinds[2]:
             if self.low is None or self.high is None:
                 raise ValueError("a range needs both low and high")
@@ -138,6 +140,8 @@ class Space(BaseModel):
         name = info.field_name
         assert name is not None
         lo, hi, hi_open, default_log = _LIMITS[name]
+        if isinstance(value, tuple) and not value:
+            raise ValueError("give a range like [0.2, 0.5], or a list of ranges with one per hidden layer, not []")
         for p in value if isinstance(value, tuple) else (value,):
             if p is None:
                 continue
@@ -146,6 +150,12 @@ class Space(BaseModel):
             if low < lo or high > hi or (hi_open and high >= hi) or (log and p.low is not None and p.low <= 0):
                 raise ValueError(f"{_HINTS[name]}, but got {low}..{high}")
         return value
+
+    def param_names(self, n_hidden: int) -> list[str]:
+        """The names of the parameters a trial searches (optional ones as if on), in suggestion order."""
+        names = _Names()
+        self.suggest(cast(optuna.Trial, names), n_hidden)
+        return [n for n in names if not n.endswith(".enabled")]
 
     def suggest(self, trial: optuna.Trial, n_hidden: int) -> Hparams:
         """Draw one trial's hyperparameters; parameter names say where each value goes."""
@@ -170,6 +180,18 @@ class Space(BaseModel):
             r_drop_alpha=opt(self.r_drop_alpha, "r_drop.alpha"),
             lr_decay=float(self.lr_decay.suggest(trial, "lr_decay")),
         )
+
+
+class _Names(list[str]):
+    """Stands in for a trial to list the names ``Space.suggest`` asks for, each optional regularizer on."""
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        self.append(name)
+        return low
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        self.append(name)
+        return True if name.endswith(".enabled") else choices[0]
 
 
 @dataclass(frozen=True)

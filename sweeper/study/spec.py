@@ -35,25 +35,67 @@ class PrunerSpec(_Section):
 
 
 class DataSpec(_Section):
-    dataset: Literal["mnist1d", "digits", "file", "python"] = "mnist1d"
+    dataset: Literal["mnist1d", "mnist1d_standard", "digits", "file", "python"] = "mnist1d"
     path: str | None = Field(None, description="file: a .npz (arrays x, y) or .csv (label in the last column)")
     function: str | None = Field(None, description="python: 'file.py:fn' or 'module:fn' returning (x, y)")
-    num_samples: int = Field(10000, ge=20, description="mnist1d: how many samples to generate")
-    val_fraction: float = Field(0.15, gt=0, lt=1)
-    test_fraction: float = Field(0.15, gt=0, lt=1)
+    num_samples: int | None = Field(None, ge=20, description="mnist1d: how many samples to generate (10000)")
+    split: Literal["random", "given"] | None = Field(
+        None,
+        description="random: split one (x, y) by the fractions; given: the data comes with its test split "
+        "(x_train, y_train, x_test, y_test) and validation is carved from the training split",
+    )
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="of all data (random split) or of train (given)")
+    test_fraction: float | None = Field(None, gt=0, lt=1, description="random split only (0.15)")
     standardize: bool = True
 
     @model_validator(mode="after")
-    def _check(self) -> DataSpec:
-        if self.val_fraction + self.test_fraction >= 0.9:
+    def _split_and_sizes(self) -> DataSpec:
+        standard = self.dataset == "mnist1d_standard"  # MNIST-1D as published: its own 4000 / 1000 split
+        if self.split is None:
+            object.__setattr__(self, "split", "given" if standard else "random")
+        elif self.split == "random" and standard:
+            raise ValueError(
+                "dataset 'mnist1d_standard' is the published 4000 / 1000 split, so split must be 'given', "
+                "but got 'random'; remove 'split', or use dataset 'mnist1d' for a random split"
+            )
+        elif self.split == "given" and self.dataset in ("mnist1d", "digits"):
+            raise ValueError(
+                f"dataset {self.dataset!r} has no given test split, but got split 'given'; remove 'split'"
+                + (", or use dataset 'mnist1d_standard' (the published split)" if self.dataset == "mnist1d" else "")
+            )
+        if standard and self.num_samples is not None:
+            raise ValueError(
+                f"dataset 'mnist1d_standard' always has the published 5000 samples, but got num_samples "
+                f"{self.num_samples}; remove num_samples, or use dataset 'mnist1d'"
+            )
+        if self.split == "given" and self.test_fraction is not None:
+            raise ValueError(
+                f"with split 'given' the test split comes with the data, but got test_fraction {self.test_fraction}; "
+                "remove test_fraction (val_fraction is the share of the training split held out)"
+            )
+        # defaults that depend on the dataset; a stored spec keeps None where a value does not apply
+        if self.dataset == "mnist1d" and self.num_samples is None:
+            object.__setattr__(self, "num_samples", 10000)
+        if self.split == "random" and self.test_fraction is None:
+            object.__setattr__(self, "test_fraction", 0.15)
+        if self.split == "random" and self.val_fraction + (self.test_fraction or 0) >= 0.9:
             raise ValueError(
                 f"val_fraction + test_fraction must leave data to train on, but got "
                 f"{self.val_fraction} + {self.test_fraction}; lower them (e.g. 0.15 each)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _source(self) -> DataSpec:
         if self.dataset == "file" and not self.path:
             raise ValueError("dataset 'file' needs 'path: data.npz' (or .csv)")
         if self.dataset == "file" and self.path and not self.path.endswith((".npz", ".csv")):
             raise ValueError(f"path must end in .npz or .csv, but got {self.path!r}")
+        if self.dataset == "file" and self.split == "given" and self.path and not self.path.endswith(".npz"):
+            raise ValueError(
+                f"split 'given' reads x_train, y_train, x_test, y_test from an .npz, but got path {self.path!r}; "
+                "save the splits with numpy.savez"
+            )
         if self.dataset == "python" and not self.function:
             raise ValueError("dataset 'python' needs 'function: my_data.py:load'")
         return self
@@ -167,6 +209,8 @@ def _format(err: ValidationError) -> str:
 
 def parse_spec(data: Any, base_dir: str | Path = ".") -> StudySpec:
     """Validate a study file's content (already parsed from YAML)."""
+    if data is None:
+        raise SpecError("the study file is empty; write at least 'name: my-study' (see studies/)")
     if not isinstance(data, dict):
         raise SpecError(f"a study file must be a mapping of keys, but got {type(data).__name__}")
     data = {**data, "base_dir": str(base_dir)} if "base_dir" not in data else data
@@ -185,4 +229,6 @@ def load_spec(path: str | Path) -> StudySpec:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise SpecError(f"{p} is not valid YAML: {e}") from None
+    if data is None:  # yaml reads an empty file (or one with only comments) as None
+        raise SpecError(f"study file {str(p)!r} is empty; write at least 'name: my-study' (see studies/ for examples)")
     return parse_spec(data, base_dir=p.resolve().parent)

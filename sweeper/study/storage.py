@@ -65,13 +65,16 @@ def make_storage(
     heartbeat_interval: int | None = None,
     pool_size: int | None = None,
     grace_period: int | None = None,
+    wait: bool = False,
 ) -> optuna.storages.RDBStorage:
     """RDB storage with health-checked connections; heartbeats mark a killed worker's trial failed.
 
     Every storage call is retried with backoff while the database is briefly unreachable
     (see ``sweeper.study.retry``), so a PostgreSQL restart mid-study does not crash workers.
+    ``wait``: a database server that is down (or still starting) is waited for, as long as a call
+    would be (``SWEEPER_DB_RETRY_S``), saying so; without it (``sweeper status``) it is an error at once.
     """
-    from sweeper.study.retry import RetryingRDBStorage
+    from sweeper.study.retry import RetryingRDBStorage, with_retry
 
     url = normalize_url(url)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -91,8 +94,13 @@ def make_storage(
                 grace_period=grace_period or heartbeat_interval * 3,
                 heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
             )
-        try:
+
+        def open_storage() -> optuna.storages.RDBStorage:
             return RetryingRDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+
+        try:
+            # a file does not come up later: only a database server is waited for
+            return with_retry(open_storage, mask_url(url)) if wait and not url.startswith("sqlite") else open_storage()
         except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ValueError) as e:
             raise StudyError(
                 f"invalid study database URL {mask_url(url)!r} ({_reason(e, url)}); give an SQLAlchemy URL such as "

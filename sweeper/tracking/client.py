@@ -1,4 +1,4 @@
-"""The MLflow client for a tracking URI, and whether a tracking server answers at all."""
+"""The MLflow client for a tracking URI, whether a tracking server answers, and which failures pass."""
 
 from __future__ import annotations
 
@@ -38,3 +38,46 @@ def reachable(uri: str, timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
+
+
+def is_transient(e: BaseException) -> bool:
+    """A failure that passes (server down, restarting, overloaded): worth sending again later.
+
+    MLflow reports a refused connection as an ``MlflowException`` with status 500, like a server error.
+    """
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(e, MlflowException):
+        status = e.get_http_status_code()
+        return status >= 500 or status == 429
+    return isinstance(e, OSError | sa_exc.OperationalError)  # requests' errors are OSErrors; a locked SQLite store
+
+
+def not_mlflow(e: BaseException) -> bool:
+    """The server answered, but has no MLflow REST API (a wrong host or port, another web server)."""
+    return getattr(e, "error_code", None) == "ENDPOINT_NOT_FOUND"
+
+
+def describe(e: BaseException) -> str:
+    """What a failed MLflow call says about the server, without the URL (it may carry a password)."""
+    if not_mlflow(e):
+        return "answers, but is not an MLflow tracking server (HTTP 404 from its REST API); check the host and port"
+    code = getattr(e, "error_code", None)
+    status = getattr(e, "get_http_status_code", lambda: None)()
+    if is_transient(e):  # MLflow wraps a refused connection: name what lies under it
+        cause = e.__cause__ or e.__context__
+        detail = type(cause).__name__ if cause else f"HTTP {status}" if code else type(e).__name__
+        return f"does not answer ({detail})"
+    return f"refused the request ({code}, HTTP {status})" if code else f"failed ({type(e).__name__})"
+
+
+def server_problem(uri: str) -> str | None:
+    """Why the tracking server at ``uri`` cannot take sweeper's runs (see ``describe``), or None."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        client_for(uri).search_experiments(max_results=1)
+    except Exception as e:
+        return describe(e)
+    return None

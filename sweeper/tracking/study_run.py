@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper.study.record import StudyRecord
+from sweeper.study.spec import StudySpec
 from sweeper.study.storage import mask_url
 from sweeper.tracking.client import client_for
 
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 log = logging.getLogger("sweeper.tracking")
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # MLflow's runs page loads ?viewStateShareKey=KEY from this tag
+TRIALS_VIEW = "sweeper-trials"
 
 
 def _numeric(v: Any) -> float:
@@ -34,6 +37,7 @@ def setup_study_run(uri: str, record: StudyRecord, storage: str) -> str:
     exp_id = exp.experiment_id if exp else client.create_experiment(study.study_name)
     # shows the experiment in the MLflow UI's model-training (not GenAI) view
     client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+    client.set_experiment_tag(exp_id, f"{SHARED_VIEW_TAG}{TRIALS_VIEW}", json.dumps(trials_view(record.spec)))
     run = client.create_run(
         exp_id,
         run_name=f"study:{study.study_name}",
@@ -45,6 +49,26 @@ def setup_study_run(uri: str, record: StudyRecord, storage: str) -> str:
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
     record.set_parent_run_id(run.info.run_id)
     return run.info.run_id
+
+
+def trials_view(spec: StudySpec) -> dict[str, Any]:
+    """The MLflow runs page as a user wants it first: the trial runs, best first, a column per searched parameter.
+
+    Stored as one of MLflow's shared views (an experiment tag), opened by ``sweeper ui``'s link.
+    """
+    params = spec.space.param_names(spec.network.n_hidden)
+    metric = spec.metric
+    return {
+        "searchFilter": "tags.`sweeper.role` = 'trial'",
+        "orderByKey": "metrics.`objective`",
+        "orderByAsc": spec.direction == "minimize",
+        "selectedColumns": [
+            "metrics.`objective`",
+            *(f"params.`{p}`" for p in params),
+            f"metrics.`{metric}`" if metric != "val_accuracy" else "metrics.`val_loss`",
+            "tags.`sweeper.state`",
+        ],
+    }
 
 
 def _flatten(d: dict[str, Any], prefix: str = "spec.") -> dict[str, Any]:
@@ -77,10 +101,14 @@ def study_summary(study: optuna.Study) -> tuple[list[Any], list[Any]]:
     tags: list[RunTag] = []
     if counts["complete"]:
         best = study.best_trial
+        # every parameter any trial searched: one the best trial lacks (max_norm with max-norm off) is
+        # "off" (NaN), never the value left from an earlier best trial
+        names = sorted({k for t in trials for k in t.params})
+        params = {k: best.params.get(k, "off") for k in names}
         metrics.append(Metric("best_value", float(best.value or 0.0), ts, finished))
-        metrics += [Metric(f"best.{k}", _numeric(v), ts, finished) for k, v in best.params.items()]
+        metrics += [Metric(f"best.{k}", _numeric(best.params.get(k)), ts, finished) for k in names]
         tags.append(RunTag("best_trial", str(best.number)))
-        tags.append(RunTag("best_params", json.dumps(best.params)[:5000]))
+        tags.append(RunTag("best_params", json.dumps(params)[:5000]))
     return metrics, tags
 
 
@@ -104,8 +132,10 @@ def log_study_dashboard(uri: str, record: StudyRecord) -> None:
         client = client_for(uri)
         log_study_summary(client, str(parent), study)
         log_study_plots(client, str(parent), study)
-        if done:
-            client.set_terminated(str(parent), status="FINISHED")
+        if done:  # the study ended when its last trial did, whoever logs it and whenever
+            ends = [t.datetime_complete for t in study.get_trials(deepcopy=False) if t.datetime_complete]
+            end_ms = int(max(ends).timestamp() * 1000) if ends else None
+            client.set_terminated(str(parent), status="FINISHED", end_time=end_ms)
     except Exception as e:  # tracking must never fail a finished study
         log.warning(
             "MLflow tracking at %s failed (%s); results stay in the study database", mask_url(uri), type(e).__name__
@@ -117,6 +147,7 @@ def log_best_model(
 ) -> None:
     """The best trial's retrained network as an MLflow model on the study run, with its test score."""
     import mlflow
+    import torch
     from mlflow.entities import Metric, RunTag
 
     client = client_for(uri)
@@ -129,13 +160,10 @@ def log_best_model(
     model = model.cpu().eval()
     example = data.test.x[:5].cpu().numpy()
     mlflow.set_tracking_uri(uri)
-    # MLflow warns that it drops torch's "+cpu" label from the pinned requirement: expected, not the user's concern
-    quiet = logging.getLogger("mlflow.utils.requirements_utils")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with mlflow.start_run(run_id=parent_run_id):
-            # the signature (float32 [-1, features] -> [-1, classes]) is inferred from the input example
-            mlflow.pytorch.log_model(model, name="best_model", input_example=example)
-    finally:
-        quiet.setLevel(level)
+    # Saved as a torch.export graph (MLflow's default): loading it runs no pickled code and needs no sweeper
+    # install; it was traced in eval mode, so dropout is already off (such a graph has no .eval() to call).
+    # The requirements are given, not inferred: inferring them loads the model in a subprocess (~10 s).
+    requirements = [f"torch=={torch.__version__.split('+')[0]}"]
+    with mlflow.start_run(run_id=parent_run_id):
+        # the signature (float32 [-1, features] -> [-1, classes]) is inferred from the input example
+        mlflow.pytorch.log_model(model, name="best_model", input_example=example, pip_requirements=requirements)

@@ -1,39 +1,70 @@
 """Trial runs in MLflow: one nested run per trial, with its parameters, per-epoch curves and end state.
 
 A thin layer on ``MlflowClient`` (optuna-integration's MLflowCallback is deprecated and serializes
-trials). Metrics go out in one ``log_batch`` per epoch, through a ``BackgroundSender``.
+trials). The training thread only records what is to be sent (``_Run``); a ``BackgroundSender``
+thread sends it, in ``log_batch`` requests of up to 1000 metrics. While the tracking server is down
+nothing is lost: trials go on, their runs are kept (epoch metrics up to ``MAX_KEPT_METRICS``) and
+created, with their start and end times, once it answers again.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
+import shutil
 import socket
+import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.study.record import end_reason
-from sweeper.tracking.client import client_for
+from sweeper.study.storage import mask_url
+from sweeper.tracking.client import client_for, describe, is_transient, not_mlflow
 from sweeper.tracking.sender import BackgroundSender
-from sweeper.tracking.study_run import log_study_plots, study_summary
+from sweeper.tracking.study_run import study_summary
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+
+log = logging.getLogger("sweeper.tracking")
 
 PLOT_EVERY_S = 60.0
 FLUSH_EVERY_S = 2.0
-STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+TRIAL_END_WAIT_S = 10.0  # at most this long a trial's end waits for its run to reach MLflow
+MAX_KEPT_METRICS = 200_000  # epoch metrics kept while the server is down (~50 MB); later epochs' are dropped
+# a pruned trial is a normal outcome: FINISHED in MLflow (a red ✗ reads as failure), PRUNED in sweeper.state
+STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}
+
+
+@dataclass
+class _Run:
+    """One trial's MLflow run, as far as it is still to be sent."""
+
+    number: int
+    params: dict[str, Any]
+    start_ms: int | None
+    metrics: list[Metric] = field(default_factory=list)
+    run_id: str | None = None
+    params_sent: bool = False
+    tried: bool = False  # a create request went out: it may have made the run before failing
+    end: tuple[list[RunTag], str, int | None] | None = None  # tags, status, end time: set when the trial ends
+    dropped: int = 0  # epoch metrics not kept (the server was down for long)
 
 
 class MlflowTracker:
     """Optuna callback (trial end) and objective hook (each epoch) writing to MLflow.
 
-    Every MLflow call goes, in order, through one background thread, so an epoch never waits on the
-    tracking server: epoch metrics are buffered and sent at most every ``flush_every_s`` (live curves
-    lag by that much). At trial end the rest is sent and waited for, so a trial is complete in MLflow
-    when this callback returns. See benchmarks/tracking_overhead.py for what this saves.
+    An epoch never waits on the tracking server: its metrics are kept and sent at most every
+    ``flush_every_s`` (live curves lag by that much). At trial end the run is sent and waited for
+    (at most ``TRIAL_END_WAIT_S``, not at all while the server is down), so a trial is normally
+    complete in MLflow when this callback returns. ``close()`` sends what is left at the end.
+    See benchmarks/tracking_overhead.py for what this saves.
     """
 
     def __init__(
@@ -48,15 +79,19 @@ class MlflowTracker:
 
         self.uri, self.parent_run_id = uri, parent_run_id
         self.where = where or {"host": socket.gethostname()}
-        self._client: MlflowClient | None = None
+        self._client: MlflowClient | None = None  # the sender thread's alone
         self._exp_id: str | None = None
-        self._runs: dict[int, str] = {}  # trial number -> run id, written by the sender thread
-        self._requested: set[int] = set()
-        self._pending: dict[int, list[Any]] = {}
-        self.sender = BackgroundSender(uri)
+        self._lock = threading.Lock()  # guards what both threads touch: the runs, the summary, the plots
+        self._runs: dict[int, _Run] = {}  # trial number -> its run still to send, in trial order
+        self._kept = 0  # epoch metrics kept in self._runs
+        self._summary: tuple[list[Any], list[Any]] | None = None  # the study run's latest, unsent
+        self._plots: str | None = None  # a folder of plots to upload, unsent
+        self.off: str | None = None  # why tracking stopped for good (the server is not MLflow)
+        self._warned_full = False
+        self.sender = BackgroundSender(uri, self._send)
         self.plot_every_s, self.flush_every_s = plot_every_s, flush_every_s
         self._next_plot = time.monotonic() + plot_every_s
-        self._last_flush = 0.0
+        self._last_poke = 0.0
 
     @property
     def client(self) -> MlflowClient:
@@ -64,100 +99,235 @@ class MlflowTracker:
             self._client = client_for(self.uri)
         return self._client
 
-    def _submit(self, job: Any) -> None:
-        self.sender.submit(job)
-
-    def flush(self) -> None:
-        """Wait until everything submitted so far has reached MLflow (or tracking gave up)."""
-        self.sender.flush()
-
-    def _request_run(self, number: int, params: dict[str, Any], started: datetime.datetime | None) -> None:
-        if number in self._requested:
-            return
-        self._requested.add(number)
-        start_ms = int(started.timestamp() * 1000) if started else None
-        self._submit(lambda: self._create_run(number, params, start_ms))
-
-    def _create_run(self, number: int, params: dict[str, Any], start_ms: int | None) -> None:
-        from mlflow.entities import Param
-
-        if self._exp_id is None:
-            self._exp_id = self.client.get_run(self.parent_run_id).info.experiment_id
-        run = self.client.create_run(
-            self._exp_id,
-            run_name=f"trial-{number}",
-            start_time=start_ms,
-            tags={
-                "mlflow.parentRunId": self.parent_run_id,
-                "sweeper.role": "trial",
-                "optuna.trial_number": str(number),
-                **{f"sweeper.{k}": v for k, v in self.where.items()},
-            },
-        )
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-        self._runs[number] = run.info.run_id
-
-    def _send_pending(self, number: int) -> None:
-        metrics = self._pending.pop(number, [])
-        self._last_flush = time.monotonic()
-        if metrics:
-            self._submit(lambda: self._log_metrics(number, metrics))
-
-    def _log_metrics(self, number: int, metrics: list[Any]) -> None:
-        for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
-            self.client.log_batch(self._runs[number], metrics=metrics[i : i + 1000])
+    # -- the training thread: record, poke, never wait long -------------------------------------
+    def _run(self, number: int, params: dict[str, Any], started: datetime.datetime | None) -> _Run:
+        run = self._runs.get(number)
+        if run is None:
+            start_ms = int(started.timestamp() * 1000) if started else None
+            run = self._runs[number] = _Run(number, params, start_ms)
+        return run
 
     def on_epoch(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
-        """Objective hook: buffer the epoch's metrics; the sender thread ships them."""
-        if self.sender.down:
+        """Objective hook: keep the epoch's metrics; the sender thread ships them."""
+        if self.off:
             return
         from mlflow.entities import Metric
 
-        self._request_run(trial.number, dict(trial.params), trial.datetime_start)
         ts = int(time.time() * 1000)
-        self._pending.setdefault(trial.number, []).extend(Metric(k, float(v), ts, epoch) for k, v in metrics.items())
-        if time.monotonic() - self._last_flush >= self.flush_every_s:
-            self._send_pending(trial.number)
+        with self._lock:
+            run = self._run(trial.number, dict(trial.params), trial.datetime_start)
+            if self._kept + len(metrics) > MAX_KEPT_METRICS:
+                if not self._warned_full:
+                    self._warned_full = True
+                    log.warning(
+                        "MLflow tracking at %s: more than %d epoch metrics kept while it is down; later "
+                        "epochs' metrics are dropped (trial results and their runs are still sent)",
+                        mask_url(self.uri),
+                        MAX_KEPT_METRICS,
+                    )
+                run.dropped += len(metrics)
+            else:
+                run.metrics += [Metric(k, float(v), ts, epoch) for k, v in metrics.items()]
+                self._kept += len(metrics)
+        if time.monotonic() - self._last_poke >= self.flush_every_s:
+            self._last_poke = time.monotonic()
+            self.sender.poke()
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        """Optuna callback at trial end: state, reason, duration, and the study's best so far."""
-        if self.sender.down:
+    def __call__(self, study: optuna.Study, trial: FrozenTrial, reason: str | None = None) -> None:
+        """Optuna callback at trial end: state, reason, duration, and the study's best so far.
+
+        ``reason``: why the trial ended, when its stored end reason does not say (it was taken over).
+        """
+        if self.off:
             return
         from mlflow.entities import Metric, RunTag
 
-        number = trial.number
-        self._request_run(number, dict(trial.params), trial.datetime_start)
         tags = {"sweeper.state": trial.state.name}
-        reason = end_reason(trial)
+        reason = reason or end_reason(trial)
         if reason:
             tags["sweeper.end_reason"] = str(reason)[:5000]
         ts = int(time.time() * 1000)
-        metrics = self._pending.pop(number, [])  # the last epochs go with the final batch: one request
+        final = []
         if trial.duration is not None:
-            metrics.append(Metric("duration_s", trial.duration.total_seconds(), ts, 0))
+            final.append(Metric("duration_s", trial.duration.total_seconds(), ts, 0))
         if trial.value is not None:
-            metrics.append(Metric("objective", trial.value, ts, 0))
+            final.append(Metric("objective", trial.value, ts, 0))
         end_ms = int(trial.datetime_complete.timestamp() * 1000) if trial.datetime_complete else None
         summary = study_summary(study)  # read here: the storage belongs to this thread
-
-        def finish() -> None:
-            run_id = self._runs[number]
-            self._log_metrics(number, metrics[:-1000] if len(metrics) > 1000 else [])
-            self.client.log_batch(run_id, metrics=metrics[-1000:], tags=[RunTag(k, v) for k, v in tags.items()])
-            self.client.set_terminated(run_id, status=STATUS.get(trial.state, "FAILED"), end_time=end_ms)
-            del self._runs[number]
-
-        self._submit(finish)
-        self.flush()  # the trial is complete in MLflow when its callback returns; the study summary may lag
-        self._submit(lambda: self.client.log_batch(self.parent_run_id, metrics=summary[0], tags=summary[1]))
-        self.sender.safe(lambda: self._maybe_plot(study))
+        with self._lock:
+            run = self._run(trial.number, dict(trial.params), trial.datetime_start)
+            if run.dropped:
+                tags["sweeper.metrics_dropped"] = str(run.dropped)
+            run.metrics += final
+            self._kept += len(final)
+            run.end = ([RunTag(k, v) for k, v in tags.items()], STATUS.get(trial.state, "FAILED"), end_ms)
+            self._summary = summary
+        if not self.sender.down:
+            try:
+                self._maybe_plot(study)
+            except Exception as e:  # plots must never stop a study
+                log.info("study plots skipped: %s: %s", type(e).__name__, e)
+        self._last_poke = time.monotonic()
+        self.sender.poke()
+        self.sender.wait(TRIAL_END_WAIT_S)
 
     def _maybe_plot(self, study: optuna.Study) -> None:
         """The study's plots, between trials; at most every ``plot_every_s`` and at most ~5% of the time."""
         if time.monotonic() < self._next_plot:
             return
-        start = time.monotonic()
-        self.flush()  # one thread at a time on the client
-        log_study_plots(self.client, self.parent_run_id, study)
+        from sweeper.tracking.plots import write_study_plots
+
+        start, drawn = time.monotonic(), False
+        folder = tempfile.mkdtemp(prefix="sweeper-plots-")  # the sender uploads it, then deletes it
+        try:
+            drawn = bool(write_study_plots(study, folder))
+        finally:
+            if not drawn:
+                shutil.rmtree(folder, ignore_errors=True)
         cost = time.monotonic() - start
         self._next_plot = time.monotonic() + max(self.plot_every_s, 20 * cost)
+        if drawn:
+            with self._lock:
+                old, self._plots = self._plots, folder
+            if old:  # never sent: the new plots replace them
+                shutil.rmtree(old, ignore_errors=True)
+
+    def close(self, timeout: float = 60.0) -> None:
+        """At the worker's end: send what is left; say which trials' runs could not be sent."""
+        if self.sender.close(timeout):
+            return
+        with self._lock:
+            unsent = sorted(self._runs)
+        if unsent:
+            log.warning(
+                "MLflow tracking at %s: the runs of trial(s) %s were not sent (it does not answer); "
+                "their results are in the study database",
+                mask_url(self.uri),
+                ", ".join(map(str, unsent)),
+            )
+
+    # -- the sender thread: send what is kept; a failure that passes is raised (sent again later) -----
+    def _send(self) -> None:
+        if self.off:
+            return
+        try:
+            if self._exp_id is None:
+                self._exp_id = self.client.get_run(self.parent_run_id).info.experiment_id
+        except Exception as e:
+            if is_transient(e):
+                raise
+            self._stop(e)
+            return
+        with self._lock:
+            numbers = list(self._runs)
+        for number in numbers:
+            if self.off:
+                return
+            run = self._runs[number]
+            if not self._attempt(f"trial {number}'s run", lambda run=run: self._send_run(run)):
+                with self._lock:
+                    self._runs.pop(number, None)
+                    self._kept -= len(run.metrics)
+        with self._lock:
+            summary, self._summary = self._summary, None
+            plots, self._plots = self._plots, None  # the sender's now: the training thread will not delete them
+        try:
+            if summary:
+                self._attempt("the study's summary", lambda: self._log_summary(summary))
+                summary = None
+            if plots:
+                self._attempt(
+                    "the study's plots", lambda: self.client.log_artifacts(self.parent_run_id, plots, "plots")
+                )
+        except Exception:
+            self._keep(summary, plots)
+            raise
+        if plots:
+            shutil.rmtree(plots, ignore_errors=True)
+
+    def _attempt(self, what: str, send: Any) -> bool:
+        """``send()``; False if the server refused it, with a warning: one bad request must not hold up
+        the rest. A failure that passes is raised: the sender sends it all again later."""
+        try:
+            send()
+            return True
+        except Exception as e:
+            if is_transient(e):
+                raise
+            if not_mlflow(e):
+                self._stop(e)
+            else:
+                log.warning("MLflow tracking at %s: %s not sent: %s", mask_url(self.uri), what, describe(e))
+            return False
+
+    def _keep(self, summary: tuple[list[Any], list[Any]] | None, plots: str | None) -> None:
+        """What was not sent is kept for the next try, unless something newer came meanwhile."""
+        with self._lock:
+            self._summary = self._summary or summary
+            if plots and self._plots is None:
+                self._plots, plots = plots, None
+        if plots:
+            shutil.rmtree(plots, ignore_errors=True)
+
+    def _log_summary(self, summary: tuple[list[Any], list[Any]]) -> None:
+        self.client.log_batch(self.parent_run_id, metrics=summary[0], tags=summary[1])
+
+    def _stop(self, e: BaseException) -> None:
+        """The server will not take runs at all: tracking is off for this worker, with one warning."""
+        self.off = describe(e)
+        with self._lock:
+            self._runs.clear()
+            self._kept = 0
+        log.warning(
+            "MLflow tracking at %s %s; this worker goes on without tracking (results stay in the study database)",
+            mask_url(self.uri),
+            self.off,
+        )
+
+    def _send_run(self, run: _Run) -> None:
+        """Create the run (once), then its metrics in batches, then its end: each step kept until sent."""
+        from mlflow.entities import Param
+
+        client = self.client
+        if run.run_id is None:
+            if run.tried:  # the request that failed may have created it: do not make a second run
+                run.run_id = self._find_run(run.number)
+            if run.run_id is None:
+                run.tried = True
+                run.run_id = client.create_run(
+                    self._exp_id,
+                    run_name=f"trial-{run.number}",
+                    start_time=run.start_ms,
+                    tags={
+                        "mlflow.parentRunId": self.parent_run_id,
+                        "sweeper.role": "trial",
+                        "optuna.trial_number": str(run.number),
+                        **{f"sweeper.{k}": v for k, v in self.where.items()},
+                    },
+                ).info.run_id
+        if not run.params_sent:
+            client.log_batch(run.run_id, params=[Param(k, str(v)) for k, v in run.params.items()])
+            run.params_sent = True
+        while True:
+            with self._lock:
+                batch, end = run.metrics[:1000], run.end
+                last = len(run.metrics) <= 1000  # the end goes with the last batch: one request
+            if not batch and (end is None or not last):
+                return
+            client.log_batch(run.run_id, metrics=batch, tags=end[0] if end and last else [])
+            with self._lock:
+                del run.metrics[: len(batch)]  # only the sender removes metrics: these are the ones sent
+                self._kept -= len(batch)
+            if end and last:
+                client.set_terminated(run.run_id, status=end[1], end_time=end[2])
+                with self._lock:
+                    self._runs.pop(run.number, None)
+                return
+
+    def _find_run(self, number: int) -> str | None:
+        found = self.client.search_runs(
+            [self._exp_id],
+            f"tags.`optuna.trial_number` = '{number}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=1,
+        )
+        return found[0].info.run_id if found else None

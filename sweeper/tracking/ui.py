@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 from sweeper.errors import SpecError
@@ -31,7 +32,13 @@ def experiment_url(uri: str, base: str, study: str | None) -> str:
     exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(study)
     if exp is None:
         raise SpecError(f"no MLflow experiment named {study!r} in the tracking store; run 'sweeper launch' first")
-    return f"{base}/#/experiments/{exp.experiment_id}/runs"
+    from sweeper.tracking.study_run import SHARED_VIEW_TAG, TRIALS_VIEW
+
+    runs = f"{base}/#/experiments/{exp.experiment_id}/runs"
+    if f"{SHARED_VIEW_TAG}{TRIALS_VIEW}" in exp.tags:  # the trial runs with their parameters as columns
+        return f"{runs}?viewStateShareKey={TRIALS_VIEW}"
+    query = urllib.parse.urlencode({"searchFilter": "tags.`sweeper.role` = 'trial'"}, quote_via=urllib.parse.quote)
+    return f"{runs}?{query}"
 
 
 def start_server(
@@ -41,8 +48,12 @@ def start_server(
     artifacts: str | None = None,
     allowed_hosts: str | None = None,
     timeout: float = 120,
+    log_file: str | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``mlflow server`` on the store, in its own process group, and wait until it answers."""
+    """Start ``mlflow server`` on the store, in its own process group, and wait until it answers.
+
+    ``log_file``: the server's own messages (and no per-request access log) go there, not to the terminal.
+    """
     check_store(uri)
     cmd = [
         sys.executable,
@@ -67,12 +78,20 @@ def start_server(
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     # its own session: mlflow starts uvicorn as a child, and stop_server must reach the whole group
     # the server's log goes to stderr, so stdout carries only the URL (scripts read it)
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=2)
+    out = open(log_file, "ab") if log_file else None  # noqa: SIM115 (the server process owns it)
+    if out is not None:
+        cmd += ["--uvicorn-opts", "--no-access-log"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=out or 2, stderr=out)
+    if out is not None:
+        out.close()  # the child has its own descriptor
     probe = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise SpecError(f"mlflow server exited with code {proc.returncode}; is port {port} free? (use --port)")
+            where = f" (its log: {log_file})" if log_file else ""
+            raise SpecError(
+                f"mlflow server exited with code {proc.returncode}{where}; is port {port} free? (use --port)"
+            )
         try:
             urllib.request.urlopen(f"http://{probe}:{port}/health", timeout=2)
             return proc

@@ -6,11 +6,14 @@ dropout rate to 0 (keep probability 1), train briefly, and confirm the loss goes
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from sweeper.study.space import Hparams
 from sweeper.study.spec import StudySpec
 from sweeper.training.objective import fit, prepare_data
+
+log = logging.getLogger("sweeper")
 
 
 @dataclass
@@ -22,20 +25,21 @@ class CheckResult:
 
 def dropout_off_check(spec: StudySpec, epochs: int = 5, tolerance: float = 0.01) -> CheckResult:
     """Train with no dropout or other regularizer at the low end of the lr range; judge the loss curve."""
+    log.info("loading the %s data", spec.data.dataset)
     data = prepare_data(spec)
     lo = spec.space.lr_scale.bounds()[0]
     momentum = spec.space.momentum.bounds()[0]
     hp = Hparams(dropout=(0.0,) * (spec.network.n_hidden + 1), momentum=momentum, lr_scale=lo)
     settings = spec.train.model_copy(update={"epochs": epochs})
     losses: list[float] = []
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        losses.append(metrics["train_loss"])
+        log.info("epoch %d/%d: training loss %.4f", epoch + 1, epochs, metrics["train_loss"])
+
+    log.info("training %d epochs with dropout off (keep probability 1), lr scale %g", epochs, lo)
     try:
-        fit(
-            spec.model_copy(update={"train": settings}),
-            data,
-            hp,
-            spec.seed,
-            lambda e, m: losses.append(m["train_loss"]),
-        )
+        fit(spec.model_copy(update={"train": settings}), data, hp, spec.seed, on_epoch)
     except Exception as e:  # a divergence is the verdict, not a crash
         return CheckResult(losses, False, f"FAIL: training broke off: {e}. Lower train.base_lr.")
     rises = [i for i in range(1, len(losses)) if losses[i] > losses[i - 1] * (1 + tolerance)]

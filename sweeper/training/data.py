@@ -1,7 +1,12 @@
-"""Datasets with no download at run time, split deterministically from the study seed."""
+"""Datasets with no download at run time, split deterministically from the study seed.
+
+A source gives either one (x, y), split at random into train / val / test, or its own splits
+(``split: given``): the test split as given, validation as given or carved from the training split.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,33 +42,67 @@ class Dataset:
         return Dataset(self.train.to(device), self.val.to(device), self.test.to(device), self.num_classes)
 
 
-def _mnist1d(spec: DataSpec, seed: int) -> tuple[np.ndarray, np.ndarray]:
+Arrays = tuple[np.ndarray, np.ndarray]
+Parts = dict[str, Arrays]  # {"all": (x, y)} to split at random, or {"train", "test"[, "val"]} when given
+GIVEN_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _mnist1d(spec: DataSpec, seed: int) -> Parts:
     from mnist1d.data import get_dataset_args, make_dataset  # make_dataset generates; get_dataset downloads
 
     args = get_dataset_args()
     args.num_samples = spec.num_samples
     args.seed = seed
     d = make_dataset(args)
-    return np.concatenate([d["x"], d["x_test"]]), np.concatenate([d["y"], d["y_test"]])
+    return {"all": (np.concatenate([d["x"], d["x_test"]]), np.concatenate([d["y"], d["y_test"]]))}
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray]:
+def _mnist1d_standard() -> Parts:
+    """MNIST-1D with the generator settings of the paper (Greydanus 2020): 5000 samples, seed 42, 4000 / 1000.
+
+    It never depends on the study seed, so every study tests on the same 1000 samples.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    d = make_dataset(get_dataset_args())
+    return {"train": (d["x"], d["y"]), "test": (d["x_test"], d["y_test"])}
+
+
+def _digits() -> Parts:
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
-    return x, y
+    return {"all": (x, y)}
 
 
-def _file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _given(arrays: Mapping[str, object], where: str) -> Parts:
+    """The splits of a given-split source: x_train, y_train, x_test, y_test and optionally x_val, y_val."""
+    names = sorted(arrays)
+    missing = [k for k in GIVEN_KEYS if k not in arrays]
+    if missing:
+        raise SpecError(
+            f"{where} must hold {', '.join(GIVEN_KEYS)} (and optionally x_val, y_val) for split 'given', "
+            f"but has {names}; add the missing arrays or remove 'split: given'"
+        )
+    if ("x_val" in arrays) != ("y_val" in arrays):
+        raise SpecError(f"{where} must hold both x_val and y_val or neither, but has {names}")
+    splits = ("train", "val", "test") if "x_val" in arrays else ("train", "test")
+    return {s: (np.asarray(arrays[f"x_{s}"]), np.asarray(arrays[f"y_{s}"])) for s in splits}
+
+
+def _file(path: Path, given: bool) -> Parts:
     if not path.is_file():
         raise SpecError(f"data.path {str(path)!r} does not exist (paths are relative to the study file)")
     if path.suffix == ".npz":
         with np.load(path) as z:
+            if given:
+                return _given({k: z[k] for k in z.files}, str(path))
             if "x" not in z or "y" not in z:
-                raise SpecError(f"{path} must hold arrays named 'x' and 'y', but has {sorted(z.files)}")
-            return z["x"], z["y"]
+                hint = "; it holds x_train and x_test: add 'split: given'" if "x_train" in z else ""
+                raise SpecError(f"{path} must hold arrays named 'x' and 'y', but has {sorted(z.files)}{hint}")
+            return {"all": (z["x"], z["y"])}
     table = np.loadtxt(path, delimiter=",", skiprows=_header_rows(path))
-    return table[:, :-1], table[:, -1]
+    return {"all": (table[:, :-1], table[:, -1])}
 
 
 def _header_rows(path: Path) -> int:
@@ -75,40 +114,85 @@ def _header_rows(path: Path) -> int:
         return 1
 
 
-def load_arrays(spec: DataSpec, seed: int, base_dir: str) -> tuple[np.ndarray, np.ndarray]:
+def _python(spec: DataSpec, base_dir: str) -> Parts:
+    assert spec.function is not None
+    out = load_callable(spec.function, base_dir, "data.function")()
+    where = f"data.function {spec.function!r}"
+    if spec.split == "given":
+        if not isinstance(out, Mapping):
+            got = type(out).__name__
+            raise SpecError(f"{where} must return a dict of x_train, y_train, x_test, y_test, but got {got}")
+        return _given(out, f"the dict from {where}")
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise SpecError(f"{where} must return (x, y), but got {type(out).__name__}")
+    return {"all": (np.asarray(out[0]), np.asarray(out[1]))}
+
+
+def load_arrays(spec: DataSpec, seed: int, base_dir: str) -> Parts:
+    """The data as its source gives it: one (x, y) to split, or the given train / test (/ val) splits."""
     if spec.dataset == "mnist1d":
         return _mnist1d(spec, seed)
+    if spec.dataset == "mnist1d_standard":
+        return _mnist1d_standard()
     if spec.dataset == "digits":
         return _digits()
     if spec.dataset == "file":
         assert spec.path is not None
         p = Path(spec.path)
-        return _file(p if p.is_absolute() else Path(base_dir) / p)
-    assert spec.function is not None
-    out = load_callable(spec.function, base_dir, "data.function")()
-    if not (isinstance(out, tuple) and len(out) == 2):
-        raise SpecError(f"data.function {spec.function!r} must return (x, y), but got {type(out).__name__}")
-    return np.asarray(out[0]), np.asarray(out[1])
+        return _file(p if p.is_absolute() else Path(base_dir) / p, spec.split == "given")
+    return _python(spec, base_dir)
+
+
+def _indices(spec: DataSpec, sizes: dict[str, int], seed: int) -> dict[str, tuple[str, np.ndarray]]:
+    """For each of train / val / test: which part it comes from and the rows taken (seeded by the study seed)."""
+    rng = np.random.default_rng(seed)
+    if "all" in sizes:
+        n = sizes["all"]
+        assert spec.test_fraction is not None
+        order = rng.permutation(n)
+        n_test = max(1, int(round(spec.test_fraction * n)))
+        n_val = max(1, int(round(spec.val_fraction * n)))
+        return {
+            "test": ("all", order[:n_test]),
+            "val": ("all", order[n_test : n_test + n_val]),
+            "train": ("all", order[n_test + n_val :]),
+        }
+    out = {s: (s, np.arange(sizes[s])) for s in sizes}
+    if "val" not in sizes:  # the test split is given: validation comes out of the training split only
+        order = rng.permutation(sizes["train"])
+        n_val = max(1, int(round(spec.val_fraction * len(order))))
+        if n_val >= len(order):
+            raise SpecError(
+                f"the training split has {len(order)} samples, too few to hold out val_fraction {spec.val_fraction} "
+                "of it and train on the rest; lower val_fraction or give x_val, y_val"
+            )
+        out["val"], out["train"] = ("train", order[:n_val]), ("train", order[n_val:])
+    return out
 
 
 def load_dataset(spec: DataSpec, seed: int, base_dir: str = ".") -> Dataset:
-    """Train / validation / test split, the same for every trial of a study (it depends on the seed only)."""
-    x, y = load_arrays(spec, seed, base_dir)
-    x = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
-    labels, y_idx = np.unique(np.asarray(y), return_inverse=True)
-    if len(x) != len(y_idx):
-        raise SpecError(f"data has {len(x)} inputs but {len(y_idx)} labels")
+    """Train / validation / test splits, the same for every trial of a study (they depend on the seed only)."""
+    parts = load_arrays(spec, seed, base_dir)
+    xs = {k: np.asarray(x, dtype=np.float32).reshape(len(x), -1) for k, (x, _) in parts.items()}
+    for k, (x, y) in parts.items():
+        if len(x) != len(y):
+            raise SpecError(f"data{'' if k == 'all' else f' ({k} split)'} has {len(x)} inputs but {len(y)} labels")
+    widths = {k: x.shape[1] for k, x in xs.items()}
+    if len(set(widths.values())) > 1:
+        raise SpecError(f"every split must have the same number of features, but got {widths}")
+    labels, inverse = np.unique(np.concatenate([np.asarray(y) for _, y in parts.values()]), return_inverse=True)
     if len(labels) < 2:
         raise SpecError(f"data needs at least 2 classes, but has {len(labels)}")
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_test = max(1, int(round(spec.test_fraction * len(x))))
-    n_val = max(1, int(round(spec.val_fraction * len(x))))
-    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+    bounds = np.cumsum([0] + [len(y) for _, y in parts.values()])
+    ys = {k: inverse[bounds[i] : bounds[i + 1]].astype(np.int64) for i, k in enumerate(parts)}
+    rows = _indices(spec, {k: len(x) for k, x in xs.items()}, seed)
+    take = {s: (xs[part][idx], ys[part][idx]) for s, (part, idx) in rows.items()}
     if spec.standardize:
-        mean, std = x[train].mean(0), x[train].std(0) + 1e-6  # statistics of the training split only
-        x = (x - mean) / std
+        mean, std = take["train"][0].mean(0), take["train"][0].std(0) + 1e-6  # statistics of the training split only
+        take = {s: ((x - mean) / std, y) for s, (x, y) in take.items()}
 
-    def split(idx: np.ndarray) -> Split:
-        return Split(torch.from_numpy(x[idx]), torch.from_numpy(y_idx[idx].astype(np.int64)))
+    def split(s: str) -> Split:
+        x, y = take[s]
+        return Split(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y))
 
-    return Dataset(split(train), split(val), split(test), num_classes=len(labels))
+    return Dataset(split("train"), split("val"), split("test"), num_classes=len(labels))

@@ -4,6 +4,10 @@ The study already exists (``api.launch`` created it once), so workers only load 
 processes race to create tables. Each worker is ``python -m sweeper.cli worker NAME --worker-id i``;
 the storage URL and tracking URI travel in the environment, not on the command line, so a
 database password never shows in ``ps``.
+
+Each worker gets its share of the CPU cores for torch's intra-op threads (OMP_NUM_THREADS and
+MKL_NUM_THREADS, unless the user set them): left alone, every worker would start one thread per
+core and N workers would run N x cores threads on the cores.
 """
 
 from __future__ import annotations
@@ -18,6 +22,32 @@ from sweeper.errors import SpecError
 from sweeper.study.storage import normalize_url
 
 _warned: set[str] = set()
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # read by torch when a worker process starts
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which a container or taskset narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int, threads: int | None = None) -> int:
+    """Intra-op threads for each of ``workers`` processes: ``threads`` if given, else an even share of the cores."""
+    if threads is not None:
+        if threads < 1:
+            raise SpecError(f"--threads must be >= 1 (torch threads per worker), but got {threads}")
+        return threads
+    return max(1, cpu_cores() // max(1, workers))
+
+
+def set_threads(threads: int | None) -> None:
+    """In this process: torch's intra-op threads (``--threads`` of a worker running in-process)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads_per_worker(1, threads))
 
 
 def parse_gpus(gpus: str | None) -> list[str]:
@@ -53,10 +83,14 @@ def warn_sqlite(storage: str, workers: int) -> None:
         )
 
 
-def worker_env(storage: str, tracking: str | None, gpu: str | None) -> dict[str, str]:
+def worker_env(storage: str, tracking: str | None, gpu: str | None, threads: int | None = None) -> dict[str, str]:
+    """A worker's environment; ``threads`` sets OMP/MKL_NUM_THREADS where the user has not set them."""
     env = {**os.environ, "SWEEPER_STORAGE": normalize_url(storage), "PYTHONUNBUFFERED": "1"}
     env["MLFLOW_TRACKING_URI"] = tracking or ""
     env["CUDA_VISIBLE_DEVICES"] = gpu if gpu is not None else ""  # "" hides every GPU: the worker uses the CPU
+    if threads is not None:
+        for var in THREAD_VARS:
+            env.setdefault(var, str(threads))
     return env
 
 
@@ -68,10 +102,16 @@ def start_workers(
     gpus: str | None = None,
     population: int | None = None,
     first_id: int = 0,
+    threads: int | None = None,
 ) -> list[subprocess.Popen[bytes]]:
-    """Start the worker processes; worker ``i`` gets GPU ``ids[i % len(ids)]`` (several per GPU is fine)."""
+    """Start the worker processes; worker ``i`` gets GPU ``ids[i % len(ids)]`` (several per GPU is fine).
+
+    Each gets ``threads`` torch threads, by default its share of the cores (a user's OMP_NUM_THREADS wins
+    over the share; an explicit ``threads`` wins over both).
+    """
     if workers < 1:
         raise SpecError(f"--workers must be >= 1, but got {workers}")
+    share = threads_per_worker(workers, threads)
     ids = parse_gpus(gpus)
     warn_sqlite(storage, workers)
     procs = []
@@ -82,7 +122,9 @@ def start_workers(
             cmd += ["--device", "cpu"]
         if population:
             cmd += ["--population", str(population)]
-        procs.append(subprocess.Popen(cmd, env=worker_env(storage, tracking, gpu)))
+        if threads is not None:
+            cmd += ["--threads", str(share)]
+        procs.append(subprocess.Popen(cmd, env=worker_env(storage, tracking, gpu, share)))
     return procs
 
 
@@ -118,9 +160,10 @@ def run_workers(
     workers: int,
     gpus: str | None = None,
     population: int | None = None,
+    threads: int | None = None,
 ) -> list[int]:
     """Run ``workers`` processes on the study until its budget is met; their exit codes."""
-    codes = wait_workers(start_workers(study_name, storage, tracking, workers, gpus, population))
+    codes = wait_workers(start_workers(study_name, storage, tracking, workers, gpus, population, threads=threads))
     bad = [f"worker {i}: exit {c}" for i, c in enumerate(codes) if c != 0]
     if bad:
         print(f"warning: {len(bad)} worker(s) failed ({'; '.join(bad)}); see their output above", file=sys.stderr)

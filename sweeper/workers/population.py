@@ -13,6 +13,7 @@ every running member ends as FAIL and is queued again, as a single trial is.
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
 from collections.abc import Callable, Hashable, Sequence
@@ -31,6 +32,7 @@ from sweeper.training.train import trial_seed
 from sweeper.workers.budget import claims, wait_for_slot
 from sweeper.workers.shutdown import Shutdown, WorkerStopped, requeue
 
+log = logging.getLogger("sweeper")
 TrialHook = Callable[[optuna.Trial, int, dict[str, float]], None]
 StudyCallback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -209,14 +211,18 @@ class PopulationRunner:
         except BaseException as e:
             self._io.shutdown(wait=True)  # let the last decisions land before failing the rest
             stopped = isinstance(e, WorkerStopped)
+            queued = []
             for trial in list(self.active.values()):
                 if self.study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
                     reason = f"{e}; queued again" if stopped else f"{type(e).__name__}: {e}"[:2000]
                     self._finish(trial, TrialState.FAIL, reason=reason)
                     if stopped:
                         requeue(self.study, trial._trial_id)
+                        queued.append(str(trial.number))
             if not stopped:
                 raise
+            if queued:
+                log.warning("trial(s) %s stopped (%s): queued again with the same parameters", ", ".join(queued), e)
         finally:
             self._io.shutdown(wait=True)
         return self.ran

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import socket
 from collections.abc import Mapping
 from typing import Any
@@ -10,12 +11,25 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.study.record import StudyRecord, heartbeat_settings, n_finished, set_end_reason, tag_trial
+from sweeper.study.record import StudyRecord, heartbeat_settings, set_end_reason, tag_trial
 from sweeper.study.spec import StudySpec
 from sweeper.tracking.tracker import MlflowTracker
 from sweeper.training.objective import Objective, prepare_data
 from sweeper.workers.budget import Surplus, check_claim, wait_for_slot
+from sweeper.workers.progress import ProgressBar, quiet_trial_tracebacks
 from sweeper.workers.shutdown import Shutdown, WorkerStopped, requeue
+
+log = logging.getLogger("sweeper")
+TAKEN = (
+    "taken over: no heartbeat for longer than the grace period (the study database was unreachable), "
+    "so another worker failed it and queued it again"
+)
+
+
+class TrialTaken(BaseException):
+    """Another worker failed this worker's trial as stale (e.g. after a database outage longer than the
+    heartbeat grace): the trial is dropped and the worker goes on. A ``BaseException``, so that Optuna's
+    ``optimize`` passes it on instead of telling the trial, which is no longer this worker's."""
 
 
 class _StopAfterFailures:
@@ -28,26 +42,6 @@ class _StopAfterFailures:
         self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
         if self.streak >= self.limit:
             study.stop()
-
-
-class _Progress:
-    """A bar of finished trials (all workers) against the budget, with the best value so far."""
-
-    def __init__(self, study: optuna.Study, budget: int) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=budget, initial=min(n_finished(study), budget), desc=study.study_name, unit="trial")
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.bar.n = min(n_finished(study), self.bar.total)
-        try:
-            self.bar.set_postfix(best=f"{study.best_value:.4f}")
-        except ValueError:
-            pass
-        self.bar.refresh()
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def run_worker(
@@ -71,7 +65,15 @@ def run_worker(
     record = StudyRecord.open(study_name, storage, worker_id, heartbeat=True)
     study, spec, budget = record.study, record.spec, record.budget
     if record.done:
+        log.info(
+            "study %r has met its budget (%d/%d trials finished): nothing to run",
+            study_name,
+            record.n_finished(),
+            budget,
+        )
         return 0
+    quiet_trial_tracebacks()
+    log.info("worker %d: loading %s data", worker_id, spec.data.dataset)
     data = prepare_data(spec, device)
     where = {"host": socket.gethostname(), "worker": str(worker_id), "device": str(data.train.x.device)}
     where.update(labels or {})
@@ -87,15 +89,28 @@ def run_worker(
     size = population or spec.train.population
     if size > 1 and spec.network.type == "mlp":  # user networks cannot be stacked: they run one at a time
         rest = [c for c in callbacks if c is not failures]
-        return _run_population(study, spec, data, size, budget, where, hooks, rest, progress)
+        try:
+            return _run_population(study, spec, data, size, budget, where, hooks, rest, progress)
+        finally:
+            if tracker is not None:
+                tracker.close()
     poll = min(2.0, heartbeat_settings()[0] / 2)
     stop = Shutdown()
     objective = Objective(spec, data, hooks, on_step=stop.check)
     current: list[int] = []  # the trial id this worker is running, for the clean-up after a stop
     oom: list[bool] = [False]
+    trained: list[bool] = [False]  # the objective returned: what fails now is recording the trial's end
 
     def tagged(trial: optuna.Trial) -> float:
         current[:] = [trial._trial_id]
+        try:
+            value = train(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:  # the trial is no longer ours to update
+            raise TrialTaken from None
+        trained[:] = [True]
+        return value
+
+    def train(trial: optuna.Trial) -> float:
         check_claim(trial, budget, poll, stop)
         tag_trial(trial, where)
         try:
@@ -112,19 +127,29 @@ def run_worker(
             raise
 
     ran = 0
-    bar = _Progress(study, budget) if progress else None
+    bar = ProgressBar(study, budget) if progress else None
     if bar:
         callbacks.append(bar)
     try:
         with stop:
             while wait_for_slot(study, budget, poll, stop):
+                trained[:] = [False]
                 try:
                     study.optimize(tagged, n_trials=1, callbacks=callbacks, catch=(RuntimeError,))
                 except Surplus:
                     break
-                except WorkerStopped:
-                    _requeue(study, current[0], tracker)
+                except WorkerStopped as e:
+                    number = _requeue(study, current[0], tracker)
+                    log.warning("trial %d stopped (%s): queued again with the same parameters", number, e)
                     break
+                except TrialTaken:
+                    _drop_taken(study, current[0], tracker)
+                    continue
+                except Exception:  # taken while its end was being recorded: Optuna cannot tell it
+                    if not (trained[0] and study._storage.get_trial(current[0]).state == TrialState.FAIL):
+                        raise
+                    _drop_taken(study, current[0], tracker)
+                    continue
                 ran += 1
                 if oom[0]:  # only now: until optimize returns, its traceback still holds the trial's tensors
                     _free_memory()
@@ -134,6 +159,8 @@ def run_worker(
     finally:
         if bar:
             bar.close()
+        if tracker is not None:
+            tracker.close()
     return ran
 
 
@@ -151,7 +178,7 @@ def _run_population(
     """K trials at a time, stacked on one device (see ``sweeper.training.population``)."""
     from sweeper.workers.population import PopulationRunner
 
-    bar = _Progress(study, budget) if progress else None
+    bar = ProgressBar(study, budget) if progress else None
     runner = PopulationRunner(study, spec, data, size, budget, where, hooks, callbacks + ([bar] if bar else []))
     try:
         with Shutdown() as stop:
@@ -176,8 +203,17 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _requeue(study: optuna.Study, trial_id: int, tracker: MlflowTracker | None) -> None:
-    """A trial stopped by a signal: queue it again and end its MLflow run."""
+def _drop_taken(study: optuna.Study, trial_id: int, tracker: MlflowTracker | None) -> None:
+    """A trial another worker failed: say so in one line, end its MLflow run as failed, go on."""
+    frozen = study._storage.get_trial(trial_id)
+    log.warning("trial %d %s; this worker drops it and goes on", frozen.number, TAKEN)
+    if tracker is not None:
+        tracker(study, frozen, reason=TAKEN)
+
+
+def _requeue(study: optuna.Study, trial_id: int, tracker: MlflowTracker | None) -> int:
+    """A trial stopped by a signal: queue it again and end its MLflow run; return its number."""
     frozen = requeue(study, trial_id)
     if tracker is not None:
         tracker(study, frozen)
+    return frozen.number
