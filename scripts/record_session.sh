@@ -9,9 +9,9 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 # every line (and every progress-bar redraw) stamped with the seconds since the command started
-stamp() {
-  python3 -u -c '
+cat > "$work/stamp.py" <<'PY'
 import sys, time
+
 t0, buf = time.time(), b""
 for chunk in iter(lambda: sys.stdin.buffer.read1(4096), b""):
     buf += chunk
@@ -21,11 +21,15 @@ for chunk in iter(lambda: sys.stdin.buffer.read1(4096), b""):
             break
         line, buf = buf[: min(cut)], buf[min(cut) + 1 :]
         if line.strip():
-            print(f"[{time.time() - t0:6.1f}s] {line.decode(errors=\"replace\")}", flush=True)
+            text = line.decode(errors="replace")
+            print(f"[{time.time() - t0:6.1f}s] {text}", flush=True)
 if buf.strip():
-    print(f"[{time.time() - t0:6.1f}s] {buf.decode(errors=\"replace\")}")
-'
-}
+    text = buf.decode(errors="replace")
+    print(f"[{time.time() - t0:6.1f}s] {text}")
+PY
+stamp() { python3 -u "$work/stamp.py"; }
+timed=()  # peak memory too, where GNU time is installed (apt-get install time)
+[ -x /usr/bin/time ] && timed=(/usr/bin/time -f '# peak memory (max RSS) %M KB')
 
 git clone -q "$repo" "$work/sweeper"
 cd "$work/sweeper"
@@ -36,15 +40,15 @@ cd "$work/sweeper"
   . .venv/bin/activate
   pip install -q torch==2.13.0 -e . 2>&1 | grep -v "^WARNING: Location" || true
   start=$(date +%s)
-  sweeper launch studies/mnist1d_mlp.yaml --trials 20 2>&1 | stamp
+  ${timed[@]+"${timed[@]}"} sweeper launch studies/mnist1d_mlp.yaml --trials 20 2>&1 | stamp
   echo "# sweeper launch took $(( $(date +%s) - start )) s"
   echo
-  echo '$ sweeper launch studies/mnist1d_mlp.yaml --trials 24 & (then, once a trial is training: kill -TERM)'
+  echo '$ sweeper launch studies/mnist1d_mlp.yaml --trials 40   (SIGTERM after 15 s, while a trial trains)'
   # the same study with a larger budget; SIGTERM as `docker stop` sends it, while a trial trains
-  sweeper launch studies/mnist1d_mlp.yaml --trials 24 > >(stamp) 2>&1 &
+  sweeper launch studies/mnist1d_mlp.yaml --trials 40 > >(stamp) 2>&1 &
   pid=$!
-  sleep 25
-  kill -TERM "$pid"
+  sleep 15
+  kill -TERM "$pid" || true
   wait "$pid" && echo "# exit code 0" || echo "# exit code $?"
   sleep 1
   echo
@@ -52,7 +56,7 @@ cd "$work/sweeper"
   sweeper worker mnist1d-mlp > >(stamp) 2>&1 &
   pid=$!
   sleep 20
-  kill -TERM "$pid"
+  kill -TERM "$pid" || true
   wait "$pid" && echo "# exit code 0" || echo "# exit code $?"
   sleep 1
   echo

@@ -159,7 +159,8 @@ class StudyRecord:
         best = self.best_trial()
         if best is not None:
             rep.best_value, rep.best_params, rep.best_trial = best.value, best.params, best.number
-        rep.test = self.test_result
+        test = self.test_result  # scored for the best trial of its day: a later better trial makes it stale
+        rep.test = test if test and test.get("trial") == rep.best_trial else None
         return rep
 
 
