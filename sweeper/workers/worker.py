@@ -111,8 +111,12 @@ def run_worker(
         return value
 
     def train(trial: optuna.Trial) -> float:
-        check_claim(trial, budget, poll, stop)
         tag_trial(trial, where)
+        try:
+            check_claim(trial, budget, poll, stop)
+        except Surplus as e:  # ends FAIL untrained: say why, so no one takes it for a lost trial
+            set_end_reason(trial, str(e))
+            raise
         try:
             stop.check()  # the signal came between ask() and here
             return objective(trial)
