@@ -197,6 +197,15 @@ surplus = [t.number for t in trials if t.state == S.FAIL and "budget" in str(t.u
 lost = [t.number for t in trials if t.state == S.FAIL and t.number not in retried and t.number not in surplus]
 if lost:
     problems.append(f"failed trials never retried: {lost}")
+if surplus:
+    problems.append(f"surplus trials created past the budget: {surplus}")
+by_params = collections.defaultdict(set)  # a retry repeats its original's parameters; nothing else may
+for t in trials:
+    if t.params:
+        by_params[tuple(sorted(t.params.items()))].add(root[t.number])
+repeated = sorted(sorted(r) for r in by_params.values() if len(r) > 1)
+if repeated:
+    problems.append(f"workers trained identical parameters in separate trials: {repeated}")
 hosts = collections.Counter(t.user_attrs.get("host") for t in finished)
 if set(t.user_attrs.get("host") for t in trials if t.state != S.WAITING) != workers:
     problems.append(f"trials came from {set(hosts)}, worker containers are {workers}")
@@ -216,4 +225,4 @@ print(f"MLflow: {len(runs)} trial runs; {len(finished) - len(missing)} of the {l
 if problems:
     sys.exit("FAILED: " + "; ".join(problems))
 PY
-log "checks passed: budget exact, nothing lost, duplicated or left RUNNING, every trial in MLflow"
+log "checks passed: budget exact, no surplus, no repeated parameters, nothing lost, duplicated or left RUNNING, every trial in MLflow"

@@ -11,8 +11,8 @@ import optuna
 from sweeper.errors import SpecError
 from sweeper.study.record import StudyRecord, StudyReport, n_finished, sweeper_study_names
 from sweeper.study.spec import StudySpec, load_spec
-from sweeper.study.storage import mask_url, storage_url, tracking_uri
-from sweeper.workers.local import set_threads, threads_per_worker
+from sweeper.study.urls import mask_url, storage_url, tracking_uri
+from sweeper.workers.local import set_threads, threads_for_a_while, threads_per_worker
 
 log = logging.getLogger("sweeper")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -63,7 +63,7 @@ def launch(
         with RayWorkers.connect(ray, url, uri, workers, cpus, gpus_per_worker or 0.0) as cluster:
             create(spec, trials, storage, tracking, allow_changed)
             cluster.run(spec.name, url, uri, workers, population, threads, progress)
-        return finish(spec.name, url, uri, score_test)
+        return finish(spec.name, url, uri, score_test, threads=threads)
     if cpus_per_worker is not None or gpus_per_worker is not None:
         raise SpecError("--cpus-per-worker and --gpus-per-worker ask Ray for resources: add --ray (e.g. --ray auto)")
     if workers > 1 or gpus is not None:
@@ -82,12 +82,22 @@ def launch(
     else:
         from sweeper.workers.worker import run_worker
 
-        run_worker(spec.name, url, uri, progress=progress, population=population)
-    return finish(spec.name, url, uri, score_test)
+        run_worker(spec.name, url, uri, progress=progress, population=population, reproducible=True)
+    return finish(spec.name, url, uri, score_test, threads=threads)
 
 
-def finish(study_name: str, storage: str, tracking: str | None, score_test: bool = True) -> StudyReport:
-    """After the workers: the study's dashboard in MLflow, the test score once the budget is met, the report."""
+def finish(
+    study_name: str, storage: str, tracking: str | None, score_test: bool = True, *, threads: int | None = None
+) -> StudyReport:
+    """After the workers: the study's dashboard in MLflow, the test score once the budget is met, the report.
+
+    ``threads`` bounds torch here too (a retrain of the best trial), as ``--threads`` does for the workers.
+    """
+    with threads_for_a_while(threads):
+        return _finish(study_name, storage, tracking, score_test)
+
+
+def _finish(study_name: str, storage: str, tracking: str | None, score_test: bool) -> StudyReport:
     record = StudyRecord.open(study_name, storage, wait=True)  # the workers rode out an outage: so does launch
     if tracking and record.parent_run_id:
         log.info("logging the study's summary and plots to MLflow")
@@ -114,12 +124,18 @@ def create(
         raise SpecError(f"--trials must be >= 1, but got {trials}")
     url, uri = storage_url(storage), tracking_uri(tracking)
     _preflight(spec)
-    record = StudyRecord.create(spec, url, trials, allow_changed)
+    problem = None
     if uri:
         from sweeper.tracking.client import server_problem
-        from sweeper.tracking.study_run import setup_study_run
+        from sweeper.tracking.study_run import check_experiment_storage
 
         problem = server_problem(uri)
+        if problem is None:  # a name taken by a study in another database: refused before this one exists
+            check_experiment_storage(uri, spec.name, url)
+    record = StudyRecord.create(spec, url, trials, allow_changed)
+    if uri:
+        from sweeper.tracking.study_run import setup_study_run
+
         if problem is None:
             setup_study_run(uri, record, url)
         else:  # tracking is an edge: the study runs, its results are in the study database
@@ -132,7 +148,9 @@ def _preflight(spec: StudySpec) -> None:
     from sweeper.training.data import load_dataset
     from sweeper.training.models import build_network
 
-    log.info("checking %s: loading the %s data and building the network", spec.name, spec.data.dataset)
+    log.info(
+        "validating the study file of %s: loading the %s data and building the network", spec.name, spec.data.dataset
+    )
     data = load_dataset(spec.data, spec.seed, spec.base_dir)
     rates = (0.0,) * (spec.network.n_hidden + 1)
     build_network(spec.network, data.in_features, data.num_classes, rates, False, spec.base_dir)
@@ -141,13 +159,16 @@ def _preflight(spec: StudySpec) -> None:
 def score_best_on_test(
     record: StudyRecord | str, tracking: str | None = None, storage: str | None = None
 ) -> dict[str, Any] | None:
-    """Retrain the best trial (same seed, same numbers) and score it once on the test split.
+    """Score the best trial's network once on the test split, and log it as the study's best model.
 
-    The test score is reported, never used for selection. ``record`` is an open study or a study name
-    (in ``storage``).
+    The network is the selected one itself: the weights its worker kept when it finished as the best
+    trial so far (``sweeper.tracking.selected``). Only where they cannot be had (tracking off, or the
+    tracking store lost them) is the trial retrained with its seed instead; ``model`` in the result says
+    which. The test score is reported, never used for selection. ``record`` is an open study or a study
+    name (in ``storage``).
     """
-    from sweeper.training.objective import fit, prepare_data
-    from sweeper.training.train import evaluate, trial_seed
+    from sweeper.training.objective import prepare_data
+    from sweeper.training.train import evaluate
 
     if isinstance(record, str):
         record = StudyRecord.open(record, storage_url(storage))
@@ -157,28 +178,50 @@ def score_best_on_test(
     cached = record.test_result
     if cached and cached.get("trial") == best.number:
         return cached
-    log.info("retraining the best trial #%d (same seed) to score it once on the test split", best.number)
-    data = prepare_data(spec)
-    hp = spec.space.suggest(optuna.trial.FixedTrial(best.params, best.number), spec.network.n_hidden)
-    model, metrics = fit(spec, data, hp, trial_seed(spec.seed, best.number))
-    test_loss, test_acc = evaluate(model, data.test, spec.train.eval_batch_size)
-    result = {
-        "trial": best.number,
-        "test_accuracy": test_acc,
-        "test_loss": test_loss,
-        "val_accuracy": metrics["val_accuracy"],
-    }
-    record.set_test_result(result)
     uri = tracking_uri(tracking)
+    data = prepare_data(spec)
+    model, source = _best_network(record, best, data, uri)
+    _, val_acc = evaluate(model, data.val, spec.train.eval_batch_size)
+    test_loss, test_acc = evaluate(model, data.test, spec.train.eval_batch_size)
+    result = {"trial": best.number, "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": val_acc}
+    record.set_test_result({**result, "model": source})
     if uri and record.parent_run_id:
         from sweeper.tracking.study_run import log_best_model
+        from sweeper.training.data import load_raw_splits
+        from sweeper.training.models import for_raw_inputs
 
-        log.info("logging the best model to MLflow")
+        log.info("logging the best model (trial #%d, %s) to MLflow", best.number, source)
         try:
-            log_best_model(uri, record.parent_run_id, record.study, model, data, result)
+            # the logged model takes raw inputs: the standardization it was trained behind goes in with it
+            raw_test_x = load_raw_splits(spec.data, spec.seed, spec.base_dir).test[0]
+            raw_model = for_raw_inputs(model.cpu(), data.mean, data.std)
+            log_best_model(uri, record.parent_run_id, raw_model, raw_test_x[:5], data.classes, result)
         except Exception as e:  # tracking must never fail a finished study: the test score is in the database
             log.warning("could not log the best model to MLflow at %s (%s)", mask_url(uri), type(e).__name__)
-    return result
+    return {**result, "model": source}
+
+
+def _best_network(record: StudyRecord, best: optuna.trial.FrozenTrial, data: Any, uri: str | None) -> tuple[Any, str]:
+    """The best trial's network: its kept weights ("selected"), or retrained with its seed ("retrained")."""
+    from sweeper.training.models import build_network
+    from sweeper.training.objective import fit
+    from sweeper.training.train import trial_seed
+
+    spec = record.spec
+    hp = spec.space.suggest(optuna.trial.FixedTrial(best.params, best.number), spec.network.n_hidden)
+    if uri and record.parent_run_id:
+        from sweeper.tracking.selected import load_selected_weights
+
+        weights = load_selected_weights(uri, record.parent_run_id, best.number)
+        if weights is not None:
+            model = build_network(
+                spec.network, data.in_features, data.num_classes, hp.dropout, hp.batch_norm, spec.base_dir
+            )
+            model.load_state_dict(weights)
+            return model.to(data.train.x.device), "selected"
+    log.info("retraining the best trial #%d (same seed) to score it once on the test split", best.number)
+    model, _ = fit(spec, data, hp, trial_seed(spec.seed, best.number))
+    return model, "retrained"
 
 
 def report(study_name: str, storage: str | None = None) -> StudyReport:

@@ -304,9 +304,9 @@ def check(study_file: str, epochs: int) -> None:
 @_errors
 def ui(study_name: str | None, tracking_uri: str | None, host: str, port: int, allowed_hosts: str | None) -> None:
     """Start the MLflow dashboard on the tracking store (Ctrl-C stops it)."""
-    from sweeper.study.storage import mask_url
-    from sweeper.study.storage import tracking_uri as resolve
-    from sweeper.tracking.ui import experiment_url, serve_forever, start_server
+    from sweeper.study.urls import mask_url
+    from sweeper.study.urls import tracking_uri as resolve
+    from sweeper.tracking.ui import experiment_url, link_hint, serve_forever, start_server
 
     uri = resolve(tracking_uri)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -316,8 +316,7 @@ def ui(study_name: str | None, tracking_uri: str | None, host: str, port: int, a
     proc = start_server(uri, host, port, allowed_hosts=allowed_hosts, log_file=log_file)
     click.echo(f"MLflow UI on {mask_url(uri)}: {url}")
     click.echo(
-        "Ctrl-C to stop. The link lists the trial runs, best first; add dropout and other parameters as "
-        "table columns with 'Columns'." + (f" Server log: {log_file} (-v shows it here)" if log_file else "")
+        f"Ctrl-C to stop. {link_hint(url)}" + (f" Server log: {log_file} (-v shows it here)" if log_file else "")
     )
     serve_forever(proc)
 

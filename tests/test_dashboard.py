@@ -5,6 +5,7 @@ One real tiny study (digits, 2 epochs) tracked to a real SQLite MLflow store, sh
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ from typing import Any
 import optuna
 import pytest
 from click.testing import CliRunner
+from mlflow import MlflowClient
 
 from conftest import tiny_spec_dict
 from sweeper import api
@@ -94,11 +96,16 @@ def test_study_run_holds_best_counts_and_plots(tracked: dict[str, Any]) -> None:
         assert {f"{plot}.html", f"{plot}.png"} <= names, sorted(names)
 
 
-def test_best_model_loads_back_and_scores_its_recorded_test_accuracy(tracked: dict[str, Any]) -> None:
+def test_best_model_predicts_from_raw_inputs_as_scored(tracked: dict[str, Any]) -> None:
+    """The logged model takes the data as its source gives it (digits: raw pixels 0-16), not standardized.
+
+    Fed the raw test split, it makes exactly the predictions the recorded test accuracy was computed from.
+    """
     import mlflow
+    import numpy as np
     import torch
 
-    from sweeper.training.objective import prepare_data
+    from sweeper.training.data import load_raw_splits
 
     (run,) = _by_role(tracked, "study")
     mlflow.set_tracking_uri(tracked["uri"])
@@ -107,15 +114,55 @@ def test_best_model_loads_back_and_scores_its_recorded_test_accuracy(tracked: di
     info = mlflow.models.get_model_info(logged.model_uri)
     assert info.signature is not None and info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 64)
     spec = StudyRecord.open("dash", tracked["storage"]).spec
-    test = prepare_data(spec, "cpu").test
+    assert spec.data.dataset == "digits" and spec.data.standardize  # raw and standardized inputs differ
+    raw_x, y = load_raw_splits(spec.data, spec.seed, spec.base_dir).test
+    assert raw_x.max() == 16 and raw_x.min() == 0, "raw pixels, not standardized"
+    local = mlflow.artifacts.download_artifacts(logged.model_uri)
+    example = np.asarray(mlflow.models.Model.load(local).load_input_example(local))
+    assert np.array_equal(example, raw_x[: len(example)]), "the input example is raw test inputs"
+    x, labels = torch.from_numpy(raw_x), torch.from_numpy(y)
     for uri in (logged.model_uri, f"runs:/{run.info.run_id}/best_model"):
         model = mlflow.pytorch.load_model(uri)
         with torch.no_grad():
-            logits = model(test.x)
-        assert logits.shape == (len(test.x), 10)
-        acc = (logits.argmax(-1) == test.y).float().mean().item()
-        assert acc == pytest.approx(run.data.metrics["best.test_accuracy"], abs=1e-6)
-        assert acc == pytest.approx(tracked["rep"].test["test_accuracy"], abs=1e-6)
+            logits = model(x)
+        assert logits.shape == (len(x), 10)
+        acc = ((logits.argmax(-1) == labels).sum() / len(labels)).item()  # as sweeper's evaluate computes it
+        assert acc == run.data.metrics["best.test_accuracy"] == tracked["rep"].test["test_accuracy"]
+    assert "mean" in model.state_dict() and "std" in model.state_dict()
+    classes = json.loads(Path(tracked["client"].download_artifacts(run.info.run_id, "classes.json")).read_text())
+    assert classes == list(range(10))
+
+
+def test_best_model_of_remapped_labels_records_its_classes(tmp_path: Path) -> None:
+    """Labels that are not 0..K-1 are mapped to class indices; classes.json maps the logits back."""
+    import mlflow
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    keep = y < 3
+    np.savez(tmp_path / "odd.npz", x=x[keep], y=np.array(["one", "three", "five"])[y[keep]])
+    storage, uri = f"sqlite:///{tmp_path}/study.db", f"sqlite:///{tmp_path}/mlflow.db"
+    spec = parse_spec(
+        tiny_spec_dict(
+            "odd", trials=1, data={"dataset": "file", "path": str(tmp_path / "odd.npz")}, train={"epochs": 1}
+        )
+    )
+    rep = api.launch(spec, storage=storage, tracking=uri)
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("odd").experiment_id], "tags.`sweeper.role` = 'study'")
+    classes = json.loads(Path(client.download_artifacts(run.info.run_id, "classes.json")).read_text())
+    assert classes == ["five", "one", "three"]  # sorted: logit i is classes[i]
+    from sweeper.training.data import load_raw_splits
+
+    raw_x, y_idx = load_raw_splits(spec.data, spec.seed, spec.base_dir).test
+    mlflow.set_tracking_uri(uri)
+    with torch.no_grad():
+        pred = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/best_model")(torch.from_numpy(raw_x)).argmax(-1)
+    acc = ((pred == torch.from_numpy(y_idx)).sum() / len(y_idx)).item()
+    assert rep.test is not None and acc == rep.test["test_accuracy"]
+    assert rep.test["test_accuracy"] > 0.8
 
 
 def _toy(trial: optuna.Trial) -> float:
@@ -204,3 +251,67 @@ def test_ui_serves_the_store_and_stops_on_sigterm(tracked: dict[str, Any]) -> No
         assert b'"dash"' in body
     finally:
         stop_ui(proc, url)
+
+
+def test_ui_link_text_says_what_the_link_shows(tracked: dict[str, Any]) -> None:
+    from sweeper.tracking.ui import experiment_url, link_hint
+
+    hint = link_hint(experiment_url(tracked["uri"], "http://127.0.0.1:5000", "dash"))
+    assert "a column per searched parameter" in hint and "'Columns'" not in hint, hint
+    old = "http://127.0.0.1:5000/#/experiments/1/runs?searchFilter=x"  # an experiment without sweeper's view
+    assert "'Columns'" in link_hint(old)
+
+
+def test_one_study_name_in_two_study_databases_is_refused(tmp_path: Path, pg_url: str) -> None:
+    """Two studies of one name but different databases would share one experiment: the second is refused."""
+    import yaml
+
+    from sweeper.study.record import sweeper_study_names
+
+    uri, lite = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/study.db"
+    study_file = tmp_path / "same.yaml"
+    study_file.write_text(yaml.safe_dump(tiny_spec_dict("same", trials=1, train={"epochs": 1})))
+    args = ["launch", str(study_file), "--tracking-uri", uri]
+    first = CliRunner().invoke(main, [*args, "--storage", lite])
+    assert first.exit_code == 0, first.output
+    exp = MlflowClient(uri).get_experiment_by_name("same")
+    assert exp.tags["sweeper.storage"] == lite
+    second = CliRunner().invoke(main, [*args, "--storage", pg_url])
+    assert second.exit_code == 2, second.output
+    text = " ".join(second.output.split())
+    assert lite in text and pg_url.replace("postgresql+psycopg://", "") in text, text  # both databases named
+    assert "different 'name'" in text and "--tracking-uri" in text and "Traceback" not in text, text
+    assert sweeper_study_names(pg_url) == []  # refused before the study was created
+    runs = MlflowClient(uri).search_runs([exp.experiment_id])
+    assert {r.data.tags["sweeper.storage"] for r in runs if "sweeper.storage" in r.data.tags} == {lite}
+    # the same database by another path is the same study: it resumes
+    again = CliRunner().invoke(main, [*args, "--storage", lite.replace(str(tmp_path), f"{tmp_path}/.")])
+    assert again.exit_code == 0, again.output
+    # and another tracking store takes the second one
+    other = CliRunner().invoke(
+        main, ["launch", str(study_file), "--storage", pg_url, "--tracking-uri", f"sqlite:///{tmp_path}/other.db"]
+    )
+    assert other.exit_code == 0, other.output
+
+
+def test_the_best_model_is_the_selected_network_not_a_retrain(tracked: dict[str, Any]) -> None:
+    """The worker kept the best trial's weights with its run; the test score and the logged model are that network."""
+    study = StudyRecord.open("dash", tracked["storage"]).study
+    best = study.best_trial
+    assert tracked["rep"].test["model"] == "selected"
+    assert tracked["rep"].test["val_accuracy"] == best.value  # the very network that was selected, bit for bit
+    kept = [
+        r.data.tags["optuna.trial_number"]
+        for r in _by_role(tracked, "trial")
+        if tracked["client"].list_artifacts(r.info.run_id, "weights")
+    ]
+    assert str(best.number) in kept  # kept when it finished as the best so far
+    assert len(kept) < len(study.trials) or study.trials[-1].number == best.number  # not every trial's
+
+
+def test_without_tracking_the_best_trial_is_retrained_with_its_seed(tmp_path: Path) -> None:
+    spec = parse_spec(tiny_spec_dict("untracked", trials=2))
+    rep = api.launch(spec, storage=f"sqlite:///{tmp_path}/s.db", tracking="")
+    best = StudyRecord.open("untracked", f"sqlite:///{tmp_path}/s.db").study.best_trial
+    assert rep.test["model"] == "retrained"
+    assert rep.test["val_accuracy"] == pytest.approx(best.value, abs=1e-9)  # same seed, same numbers on the CPU

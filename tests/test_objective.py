@@ -4,6 +4,8 @@ import math
 
 import optuna
 import pytest
+import torch
+import torch.nn.functional as F
 
 from conftest import tiny_spec_dict
 from sweeper.study.space import Hparams
@@ -63,11 +65,62 @@ def test_divergence_prunes_with_reason() -> None:
     assert "loss became" in t.user_attrs["end_reason"]
 
 
-@pytest.mark.parametrize("options", [{"r_drop_alpha": 1.0}, {"l1": 1e-5}, {"batch_norm": True, "max_norm": 3.0}])
-def test_regularizers_train(tiny_spec, options: dict) -> None:
+def _weights_l1(model: torch.nn.Module) -> float:
+    return sum(p.abs().sum().item() for p in model.parameters() if p.ndim >= 2)
+
+
+def _two_pass_kl(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """R-Drop's symmetric KL between two dropout passes (train mode) over ``x``, seeded."""
+    model.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        lp1, lp2 = F.log_softmax(model(x), -1), F.log_softmax(model(x), -1)
+    kl = F.kl_div(lp1, lp2, log_target=True, reduction="batchmean") + F.kl_div(
+        lp2, lp1, log_target=True, reduction="batchmean"
+    )
+    return 0.5 * kl.item()
+
+
+def test_l1_shrinks_the_weights_l1_norm(tiny_spec) -> None:
     data = prepare_data(tiny_spec)
-    hp = Hparams(dropout=(0.1, 0.3), momentum=0.9, lr_scale=10, **options)
-    _, metrics = fit(tiny_spec, data, hp, seed=0)
+    trained = {}
+    for l1 in (None, 1e-4, 1e-3):
+        model, metrics = fit(tiny_spec, data, Hparams(dropout=(0.1, 0.3), momentum=0.9, lr_scale=10, l1=l1), seed=0)
+        trained[l1] = (_weights_l1(model), metrics)
+    norms = [trained[k][0] for k in (None, 1e-4, 1e-3)]
+    assert norms[0] > norms[1] > norms[2] and norms[2] < 0.9 * norms[0], norms  # the stronger, the smaller
+    assert trained[1e-3][1] != trained[None][1]
+    assert trained[1e-3][1]["val_accuracy"] > 0.5
+
+
+def test_r_drop_pulls_the_two_dropout_passes_together(tiny_spec) -> None:
+    data = prepare_data(tiny_spec)
+    kl, metrics = {}, {}
+    for alpha in (None, 1.0, 5.0):
+        hp = Hparams(dropout=(0.1, 0.3), momentum=0.9, lr_scale=10, r_drop_alpha=alpha)
+        model, metrics[alpha] = fit(tiny_spec, data, hp, seed=0)
+        kl[alpha] = _two_pass_kl(model, data.train.x)
+    # R-Drop's term is the KL between two passes: the larger alpha, the closer they agree after training
+    assert kl[None] > kl[1.0] > kl[5.0] and kl[5.0] < 0.5 * kl[None], kl
+    assert metrics[1.0] != metrics[None] != metrics[5.0]
+    assert metrics[1.0]["val_accuracy"] > 0.5
+
+
+def test_batch_norm_and_max_norm_are_applied(tiny_spec) -> None:
+    data = prepare_data(tiny_spec)
+    c = 0.5  # below the rows' norms at initialization (about 0.58): the constraint has work to do
+    free, _ = fit(tiny_spec, data, Hparams(dropout=(0.1, 0.3), momentum=0.9, lr_scale=10), seed=0)
+    model, metrics = fit(
+        tiny_spec, data, Hparams(dropout=(0.1, 0.3), momentum=0.9, lr_scale=10, batch_norm=True, max_norm=c), seed=0
+    )
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    norms = torch.cat([m.weight.norm(dim=1) for m in linears])
+    assert norms.max().item() <= c + 1e-5, "every unit's incoming weights within the max-norm ball"
+    free_norms = torch.cat([m.weight.norm(dim=1) for m in free.modules() if isinstance(m, torch.nn.Linear)])
+    assert free_norms.max().item() > c
+    (bn,) = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert bn.num_batches_tracked.item() > 0 and bn.running_mean.abs().sum().item() > 0  # it trained
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in free.modules())
     assert metrics["val_accuracy"] > 0.5
 
 

@@ -16,9 +16,10 @@ from optuna.trial import TrialState
 from conftest import tiny_spec_dict
 from sweeper import api
 from sweeper.cli import main
+from sweeper.study.record import StudyRecord
 from sweeper.study.space import Hparams
 from sweeper.study.spec import StudySpec, parse_spec
-from sweeper.training.data import Dataset
+from sweeper.training.data import Dataset, load_dataset
 from sweeper.training.objective import fit, prepare_data
 from sweeper.training.population.stacked import dropout
 from sweeper.training.population.trainer import PopulationTrainer
@@ -40,6 +41,13 @@ def _population(spec: StudySpec, data: Dataset, hps: list[Hparams], seeds: list[
     trainer = PopulationTrainer(data, spec.train, spec.network, mask_seed=7)
     trainer.add(list(range(len(hps))), hps, seeds)
     return [[r.metrics for r in trainer.train_epoch()] for _ in range(epochs)]
+
+
+def _sequential(spec: StudySpec, data: Dataset, hp: Hparams, seed: int) -> list[dict[str, float]]:
+    """Each epoch's metrics of the one-trial trainer (``objective.fit``)."""
+    epochs: list[dict[str, float]] = []
+    fit(spec, data, hp, seed, lambda epoch, m: epochs.append(m))
+    return epochs
 
 
 @pytest.mark.parametrize(
@@ -72,6 +80,81 @@ def test_dropout_masks_have_each_members_rate_and_inverted_scale() -> None:
         kept = out[k] != 0
         assert kept.float().mean().item() == pytest.approx(1 - p, abs=0.01)
         assert torch.allclose(out[k][kept], torch.tensor(1 / (1 - p)))
+
+
+def test_training_draws_each_members_dropout_masks_at_its_rate(
+    spec3: StudySpec, data: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The population's training passes really drop units: per member, at its own rate, with its own masks."""
+    from sweeper.training.population import stacked
+
+    calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def recording(h: torch.Tensor, p: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        out = dropout(h, p, gen)
+        calls.append((h.detach().clone(), p.clone(), out.detach().clone()))
+        return out
+
+    monkeypatch.setattr(stacked, "dropout", recording)
+    rates = [(0.2, 0.5), (0.2, 0.5), (0.0, 0.0)]
+    trainer = PopulationTrainer(data, spec3.train, spec3.network, mask_seed=7)
+    trainer.add([0, 1, 2], [Hparams(dropout=r) for r in rates], [1, 1, 1])  # same seed: same init, same batches
+    first, second, third = [r.metrics for r in trainer.train_epoch()]
+    steps = -(-len(data.train.x) // spec3.train.batch_size)
+    assert len(calls) == 2 * steps  # input and hidden layer, every step; no R-Drop: no second pass
+    trainer.evaluate(data.val)
+    assert len(calls) == 2 * steps, "evaluation draws no masks"
+    kept, live = torch.zeros(3, 2), torch.zeros(3, 2)  # per member and layer, over the whole epoch
+    for n, (h, p, out) in enumerate(calls):
+        layer = n % 2
+        assert p.tolist() == pytest.approx([r[layer] for r in rates])
+        for k in range(3):
+            nonzero = h[k] != 0  # a unit that is 0 (a constant pixel, a ReLU off) shows no mask
+            on = out[k][nonzero] != 0
+            kept[k, layer] += on.sum()
+            live[k, layer] += nonzero.sum()
+            assert torch.allclose(out[k][nonzero][on], h[k][nonzero][on] / (1 - rates[k][layer]))  # inverted scale
+        assert torch.equal(out[2], h[2])  # rate 0: the identity, bit for bit
+        if n == 0:  # same rate, same seed, same batch: only the slot's own masks tell members 0 and 1 apart
+            assert torch.equal(h[0], h[1]) and not torch.equal(out[0] != 0, out[1] != 0)
+    for k in range(3):
+        for layer in range(2):
+            assert (kept[k, layer] / live[k, layer]).item() == pytest.approx(1 - rates[k][layer], abs=0.02)
+    # the masks changed training: members 0 and 1 differ from each other and from the undropped member 2
+    assert first != second and first != third
+
+
+def test_r_drop_beside_a_batch_norm_member_leaves_its_running_statistics_alone(spec3: StudySpec, data: Dataset) -> None:
+    """R-Drop's second pass must not move a neighbour's batch-norm statistics: its validation stays the same."""
+    bn = Hparams(dropout=(0.1, 0.3), batch_norm=True, momentum=0.9, lr_scale=2.0)
+    plain = Hparams(dropout=(0.1, 0.3), momentum=0.9, lr_scale=2.0)
+    r_drop = Hparams(dropout=(0.1, 0.3), momentum=0.9, lr_scale=2.0, r_drop_alpha=1.0)
+    beside_plain = _population(spec3, data, [bn, plain], [1, 2], 2)
+    beside_r_drop = _population(spec3, data, [bn, r_drop], [1, 2], 2)
+    for a, b in zip(beside_plain, beside_r_drop, strict=True):
+        assert a[0] == b[0]  # bit for bit, validation included
+        assert a[1] != b[1]  # the neighbour did change
+    # and a batch-norm member with R-Drop trained in a stack trains as it does alone
+    bn_r_drop = Hparams(dropout=(0.0, 0.0), batch_norm=True, momentum=0.9, lr_scale=2.0, r_drop_alpha=1.0)
+    bn_plain = Hparams(dropout=(0.0, 0.0), batch_norm=True, momentum=0.9, lr_scale=2.0)
+    stacked = _population(spec3, data, [bn_r_drop, bn_plain], [1, 2], 3)
+    for j, (hp, seed) in enumerate([(bn_r_drop, 1), (bn_plain, 2)]):
+        for s, p in zip(_sequential(spec3, data, hp, seed), [epoch[j] for epoch in stacked], strict=True):
+            assert p == pytest.approx(s, abs=1e-5), (j, s, p)
+
+
+def test_a_one_sample_batch_is_skipped_by_batch_norm_members_only(data: Dataset) -> None:
+    """As the sequential trainer does: batch norm skips a last batch of 1, a member without it trains on it."""
+    spec = parse_spec(tiny_spec_dict(train={"epochs": 2, "batch_size": 628}))
+    assert len(data.train.x) % 628 == 1
+    plain = Hparams(dropout=(0.0, 0.0), momentum=0.9, lr_scale=3.0, max_norm=1.0, l1=1e-4)
+    bn = Hparams(dropout=(0.0, 0.0), batch_norm=True, momentum=0.9, lr_scale=3.0, r_drop_alpha=0.5)
+    stacked = _population(spec, data, [plain, bn], [1, 2], 2)
+    for j, (hp, seed) in enumerate([(plain, 1), (bn, 2)]):
+        for s, p in zip(_sequential(spec, data, hp, seed), [epoch[j] for epoch in stacked], strict=True):
+            assert p == pytest.approx(s, abs=1e-5), (j, s, p)
+    alone = _population(spec, data, [plain], [1], 2)
+    assert [e[0] for e in alone] == [e[0] for e in stacked]
 
 
 def test_changing_one_member_leaves_the_others_unchanged(spec3: StudySpec, data: Dataset) -> None:
@@ -161,7 +244,9 @@ def test_cli_population_option(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/cli.db"
     res = CliRunner().invoke(main, ["launch", str(study), "--storage", url, "--tracking-uri", "", "--population", "2"])
     assert res.exit_code == 0, res.output
-    assert "2 complete" in res.output or "pruned" in res.output
+    # one epoch, warm-up 1: nothing can be pruned, so both trials complete
+    assert "cli: 2 complete (budget 2)" in res.output, res.output
+    assert [t.state for t in _study(url, "cli").get_trials()] == [TrialState.COMPLETE] * 2
     bad = CliRunner().invoke(main, ["worker", "cli", "--storage", url, "--population", "0"])
     assert bad.exit_code == 2 and "--population" in bad.output
     assert parse_spec(tiny_spec_dict(train={"population": 4})).train.population == 4
@@ -221,3 +306,15 @@ def test_a_crash_fails_the_running_members_and_leaves_none_running(tmp_path: Pat
     trials = study.get_trials()
     assert trials and all(t.state == TrialState.FAIL for t in trials)
     assert all("tracking bug" in t.user_attrs["end_reason"] for t in trials)
+
+
+def test_a_population_keeps_its_selected_members_network(tmp_path: Any) -> None:
+    """The best model of a population study is the trained member itself, taken out of the stack."""
+    spec = parse_spec(tiny_spec_dict("popkeep", trials=4))
+    storage, uri = f"sqlite:///{tmp_path}/s.db", f"sqlite:///{tmp_path}/mlflow.db"
+    rep = api.launch(spec, storage=storage, tracking=uri, population=2)
+    best = StudyRecord.open("popkeep", storage).study.best_trial
+    assert rep.test["model"] == "selected"
+    n_val = len(load_dataset(spec.data, spec.seed).val.y)
+    # the stack's batched matmuls and nn.Linear sum in other orders: at most one validation sample apart
+    assert abs(rep.test["val_accuracy"] - best.value) <= 1 / n_val + 1e-9

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +18,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import StudyError
+from sweeper.study.space import literature_points
 from sweeper.study.spec import StudySpec, parse_spec
-from sweeper.study.storage import make_storage, mask_url
-from sweeper.study.strategy import make_pruner, make_sampler
+from sweeper.study.storage import make_storage
+from sweeper.study.strategy import make_pruner, make_sampler, sampler_seed
+from sweeper.study.urls import mask_url
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -29,6 +32,7 @@ _PARENT_RUN = "sweeper.mlflow_parent_run"
 _TEST = "sweeper.best_test"
 _END_REASON = "end_reason"
 _LR = "lr"
+_START = "start_point"  # a trial enqueued from the literature's recipes
 
 
 @dataclass
@@ -85,8 +89,16 @@ class StudyRecord:
             raise StudyError(
                 f"study {spec.name!r} exists with direction {study.direction.name.lower()}, not {spec.direction}"
             )
+        new = stored is None and not study.get_trials(deepcopy=False)
         study.set_user_attr(_SPEC, spec.to_dict())
         study.set_user_attr(_BUDGET, trials or spec.trials)
+        if new and spec.warm_start == "literature":  # the first trials: the literature's recipes, then the sampler
+            for params in literature_points(spec.space, spec.network.n_hidden):
+                study.enqueue_trial(params, user_attrs={_START: "literature"})
+        if study.metric_names != [spec.metric]:  # optuna-dashboard shows "val_accuracy", not "Objective 0"
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, in use since: on purpose
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([spec.metric])
         return cls(study, spec)
 
     @classmethod
@@ -94,14 +106,15 @@ class StudyRecord:
         cls,
         name: str,
         storage: str | optuna.storages.BaseStorage,
-        worker_id: int = 0,
         heartbeat: bool = False,
         wait: bool = False,
+        fresh_sampler_seed: bool = False,
     ) -> StudyRecord:
         """The study and the spec stored with it, with this worker's sampler and the study's pruner.
 
         ``heartbeat``: the storage records this worker's heartbeats (a worker that runs trials).
         ``wait``: a database server that is down is waited for (``SWEEPER_DB_RETRY_S``), as a worker does.
+        ``fresh_sampler_seed``: this worker's sampler gets a seed of its own (``strategy.sampler_seed``).
         """
         if isinstance(storage, str):
             interval, grace = heartbeat_settings() if heartbeat else (None, None)
@@ -110,7 +123,10 @@ class StudyRecord:
             st = storage
         spec = _stored_spec(name, st, mask_url(storage) if isinstance(storage, str) else "the storage")
         study = optuna.load_study(
-            study_name=name, storage=st, sampler=make_sampler(spec, worker_id), pruner=make_pruner(spec)
+            study_name=name,
+            storage=st,
+            sampler=make_sampler(spec, sampler_seed(spec, fresh_sampler_seed)),
+            pruner=make_pruner(spec),
         )
         return cls(study, spec)
 
@@ -183,6 +199,14 @@ def sweeper_study_names(storage: str) -> list[str]:
     """The names of the studies in ``storage`` that sweeper created (they carry a spec)."""
     summaries = optuna.get_all_study_summaries(make_storage(storage), include_best_trial=False)
     return [s.study_name for s in summaries if _SPEC in s.user_attrs]
+
+
+def is_best_so_far(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Whether a just-finished trial is the study's best complete trial now."""
+    try:
+        return study.best_trial.number == trial.number
+    except ValueError:  # no complete trial with a finite value
+        return False
 
 
 def n_finished(study: optuna.Study) -> int:

@@ -15,18 +15,25 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import exc as sa_exc
 
 from sweeper.errors import StudyError
+from sweeper.study.optuna_internals import CACHED_BACKEND_CALLS, rdb_method, trial_with_system_attr
+from sweeper.study.urls import mask_url
 
 log = logging.getLogger("sweeper.retry")
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
+#: system attribute of a trial created by a worker: a retried create finds the trial its lost commit made
+CREATE_TOKEN = "sweeper:create_token"
 #: how long a worker keeps retrying before it gives up (seconds); ``SWEEPER_DB_RETRY_S`` overrides
 DEFAULT_PATIENCE = 120.0
 # the server answered and said no: waiting will not change that
@@ -116,28 +123,32 @@ def retrying(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(self: optuna.storages.RDBStorage, *args: Any, **kwargs: Any) -> Any:
-        if getattr(_depth, "n", 0):  # a storage method calling another: only the outermost call retries
-            return fn(self, *args, **kwargs)
-        where = _masked(self.url)
-
-        def call() -> Any:
-            try:
-                return fn(self, *args, **kwargs)
-            except Exception:
-                self.scoped_session.remove()  # a session left mid-transaction by a lost connection is not reused
-                raise
-
-        try:
-            return with_retry(call, where)
-        except Exception as e:
-            if not is_transient(e):
-                raise
-            raise DatabaseUnreachable(
-                f"the study database {where} has been unreachable for more than {patience():.0f} s "
-                f"({_first_line(e)}); giving up (SWEEPER_DB_RETRY_S sets how long to wait)"
-            ) from e
+        return _call_with_retry(self, lambda: fn(self, *args, **kwargs))
 
     return wrapper  # type: ignore[return-value]
+
+
+def _call_with_retry(storage: optuna.storages.RDBStorage, fn: Callable[[], T]) -> T:
+    if getattr(_depth, "n", 0):  # a storage method calling another: only the outermost call retries
+        return fn()
+    where = mask_url(storage.url)
+
+    def call() -> T:
+        try:
+            return fn()
+        except Exception:
+            storage.scoped_session.remove()  # a session left mid-transaction by a lost connection is not reused
+            raise
+
+    try:
+        return with_retry(call, where)
+    except Exception as e:
+        if not is_transient(e):
+            raise
+        raise DatabaseUnreachable(
+            f"the study database {where} has been unreachable for more than {patience():.0f} s "
+            f"({_first_line(e)}); giving up (SWEEPER_DB_RETRY_S sets how long to wait)"
+        ) from e
 
 
 def _heartbeat(fn: F) -> F:
@@ -155,22 +166,68 @@ def _heartbeat(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _masked(url: str) -> str:
-    from sweeper.study.storage import mask_url
-
-    return mask_url(url)
-
-
 class RetryingRDBStorage(optuna.storages.RDBStorage):
-    """Optuna's RDBStorage whose public methods retry while the database is briefly unreachable."""
+    """Optuna's RDBStorage whose public methods retry while the database is briefly unreachable.
+
+    Two writes are not safe to send twice, and a lost connection can hide whether the first one was
+    committed: creating a trial and ending one. Before sending either again, the database is asked:
+    a trial is created with an idempotency token (a system attribute) and a retry returns the trial
+    that token already made; an end state that already landed is not written again (Optuna would
+    raise ``UpdateFinishedTrialError`` for it).
+    """
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        if template_trial is not None:  # a retry or an enqueued trial: made in one go by Optuna
+            return _create_new_trial(self, study_id, template_trial)
+        token = uuid.uuid4().hex
+        template = FrozenTrial(
+            number=-1,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.now(),
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={CREATE_TOKEN: token},
+            intermediate_values={},
+            trial_id=-1,
+        )
+        tries = 0
+
+        def create() -> FrozenTrial:
+            nonlocal tries
+            tries += 1
+            if tries > 1:  # the last try may have been committed before its connection was lost
+                made = trial_with_system_attr(self, study_id, CREATE_TOKEN, token)
+                if made is not None:
+                    return self.get_trial(made)
+            return optuna.storages.RDBStorage._create_new_trial(self, study_id, template)
+
+        return _call_with_retry(self, create)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        tries = 0
+
+        def write() -> bool:
+            nonlocal tries
+            tries += 1
+            if tries > 1 and state.is_finished():  # landed before the connection was lost?
+                if optuna.storages.RDBStorage.get_trial(self, trial_id).state == state:
+                    return True
+            return optuna.storages.RDBStorage.set_trial_state_values(self, trial_id, state, values)
+
+        return _call_with_retry(self, write)
 
 
+_create_new_trial = retrying(optuna.storages.RDBStorage._create_new_trial)
+_SPECIAL = ("create_new_trial", "_create_new_trial", "set_trial_state_values")  # create_new_trial calls ours
 for _name in dir(optuna.storages.BaseStorage):
-    if not _name.startswith("_") and callable(getattr(optuna.storages.RDBStorage, _name, None)):
-        setattr(RetryingRDBStorage, _name, retrying(getattr(optuna.storages.RDBStorage, _name)))
-# the private methods Optuna's _CachedStorage calls on its backend (suggest, ask, best trial)
-for _name in ("_get_stale_trial_ids", "_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials"):
-    if hasattr(optuna.storages.RDBStorage, _name):
-        setattr(RetryingRDBStorage, _name, retrying(getattr(optuna.storages.RDBStorage, _name)))
+    if _name.startswith("_") or _name in _SPECIAL or not callable(getattr(optuna.storages.RDBStorage, _name, None)):
+        continue
+    setattr(RetryingRDBStorage, _name, retrying(rdb_method(_name)))
+for _name in CACHED_BACKEND_CALLS:
+    if _name not in _SPECIAL:
+        setattr(RetryingRDBStorage, _name, retrying(rdb_method(_name)))
 # heartbeats come from a background thread: if it died on a restart, the trial would be failed as stale
 RetryingRDBStorage.record_heartbeat = _heartbeat(optuna.storages.RDBStorage.record_heartbeat)  # type: ignore[method-assign]

@@ -30,7 +30,12 @@ class SamplerSpec(_Section):
 
 class PrunerSpec(_Section):
     type: Literal["median", "asha", "hyperband", "none"] = "median"
-    warmup_epochs: int = Field(2, ge=0, description="epochs before a trial may be pruned")
+    warmup_epochs: int | None = Field(
+        None,
+        ge=0,
+        description="epochs before a trial may be pruned; default a third of train.epochs (at least 2): heavy "
+        "dropout learns slower and ends better, and an early cut would punish it",
+    )
     n_startup_trials: int = Field(5, ge=0, description="median: trials finished before pruning starts")
 
 
@@ -46,7 +51,11 @@ class DataSpec(_Section):
     )
     val_fraction: float = Field(0.15, gt=0, lt=1, description="of all data (random split) or of train (given)")
     test_fraction: float | None = Field(None, gt=0, lt=1, description="random split only (0.15)")
-    standardize: bool = True
+    standardize: bool | Literal["auto"] = Field(
+        "auto",
+        description="scale features by the training split's mean and std; auto: only when they are far from "
+        "unit scale (some feature's mean beyond +-0.5 or std outside 0.5-2), as raw pixels or mixed units are",
+    )
 
     @model_validator(mode="after")
     def _split_and_sizes(self) -> DataSpec:
@@ -149,12 +158,24 @@ class StudySpec(_Section):
     network: NetworkSpec = NetworkSpec()
     train: TrainSpec = TrainSpec()
     space: Space = Space()
+    warm_start: Literal["literature", "none"] = Field(
+        "literature",
+        description="literature: the first trials of a new study are the dropout literature's recipes "
+        "(Srivastava et al. 2014), fitted into the space, before the sampler takes over",
+    )
     base_dir: str = Field(".", description="set by the loader: user paths are relative to the file")
 
     @field_validator("sampler", "pruner", mode="before")
     @classmethod
     def _short_form(cls, v: Any) -> Any:
         return {"type": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _warmup(self) -> StudySpec:
+        if self.pruner.warmup_epochs is None:
+            share = self.pruner.model_copy(update={"warmup_epochs": max(2, self.train.epochs // 3)})
+            object.__setattr__(self, "pruner", share)
+        return self
 
     @model_validator(mode="after")
     def _direction(self) -> StudySpec:

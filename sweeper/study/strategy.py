@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import warnings
 
 import optuna
@@ -9,9 +10,17 @@ import optuna
 from sweeper.study.spec import StudySpec
 
 
-def make_sampler(spec: StudySpec, worker_id: int = 0) -> optuna.samplers.BaseSampler:
-    """Each worker seeds its sampler differently, so workers never start with identical trials."""
-    seed = spec.seed + 1000 * worker_id
+def sampler_seed(spec: StudySpec, fresh: bool) -> int:
+    """The study seed (one worker: a re-run repeats its search), or a seed of this worker's own.
+
+    Workers that share a study must not share a sampler seed: their random start-up trials would be
+    the same points, trained N times. A fresh seed per worker process needs no hand-given worker id.
+    """
+    return secrets.randbits(31) if fresh else spec.seed
+
+
+def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
+    """The study's sampler; TPE with the constant liar: parallel workers steer away from each other's running trials."""
     s = spec.sampler
     if s.type == "tpe":
         with (
@@ -19,7 +28,7 @@ def make_sampler(spec: StudySpec, worker_id: int = 0) -> optuna.samplers.BaseSam
         ):  # multivariate/group are "experimental" but the recommended TPE for conditionals
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(
-                seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True, group=True
+                seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True, group=True, constant_liar=True
             )
     if s.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)

@@ -6,7 +6,7 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
-from sweeper.study.storage import mask_url
+from sweeper.study.urls import mask_url
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from sweeper.study.storage import mask_url
+from sweeper.study.urls import mask_url
 from sweeper.tracking.client import describe, reachable
 
 log = logging.getLogger("sweeper.tracking")

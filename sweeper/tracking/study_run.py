@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from sweeper.errors import StudyError
 from sweeper.study.record import StudyRecord
 from sweeper.study.spec import StudySpec
-from sweeper.study.storage import mask_url
+from sweeper.study.urls import mask_url
 from sweeper.tracking.client import client_for
 
 if TYPE_CHECKING:
@@ -21,20 +25,67 @@ if TYPE_CHECKING:
 log = logging.getLogger("sweeper.tracking")
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # MLflow's runs page loads ?viewStateShareKey=KEY from this tag
 TRIALS_VIEW = "sweeper-trials"
+STORAGE_TAG = "sweeper.storage"  # on the experiment: the study database it belongs to
 
 
 def _numeric(v: Any) -> float:
     return float(v) if v is not None else float("nan")
 
 
+def storage_id(storage: str) -> str:
+    """The study database as the experiment records it: password masked, an SQLite file by its absolute path.
+
+    ``sqlite:///sweeper.db`` in two folders is two databases; relative and absolute paths to one file are one.
+    """
+    from sqlalchemy.engine import make_url
+
+    from sweeper.study.urls import normalize_url
+
+    try:
+        url = make_url(normalize_url(storage))
+    except Exception:  # not an SQLAlchemy URL: compared as given
+        return mask_url(storage)
+    if url.drivername.startswith("sqlite") and url.database and url.database != ":memory:":
+        url = url.set(database=os.path.abspath(url.database))
+    return url.render_as_string(hide_password=True)
+
+
+def check_experiment_storage(uri: str, name: str, storage: str) -> None:
+    """Refuse a study whose name is already the MLflow experiment of a study in another database.
+
+    Both studies' trial runs would land in one experiment and mix; the fix is another name or store.
+    """
+    _check_storage(client_for(uri).get_experiment_by_name(name), uri, name, storage)
+
+
+def _check_storage(exp: Any, uri: str, name: str, storage: str) -> None:
+    other = exp.tags.get(STORAGE_TAG) if exp is not None else None
+    if other is not None and other != storage_id(storage):
+        raise StudyError(
+            f"the MLflow experiment {name!r} in {mask_url(uri)} already holds the study {name!r} of another "
+            f"study database ({other}); this one is in {storage_id(storage)}, and their trial runs would mix. "
+            "Give this study a different 'name' in its study file, or track it elsewhere with --tracking-uri"
+        )
+
+
 def setup_study_run(uri: str, record: StudyRecord, storage: str) -> str:
-    """Create (or find) the study's experiment and parent run; return the parent run id."""
+    """Create (or find) the study's experiment and parent run; return the parent run id.
+
+    The experiment records its study's database (``sweeper.storage``): a study of the same name in
+    another database is refused (``StudyError``) rather than mixed into it.
+    """
     if record.parent_run_id:
         return record.parent_run_id
     study = record.study
     client = client_for(uri)
     exp = client.get_experiment_by_name(study.study_name)
-    exp_id = exp.experiment_id if exp else client.create_experiment(study.study_name)
+    _check_storage(exp, uri, study.study_name, storage)
+    if exp is None:
+        exp_id = client.create_experiment(study.study_name, tags={STORAGE_TAG: storage_id(storage)})
+    else:
+        exp_id = exp.experiment_id
+        if STORAGE_TAG not in exp.tags:  # made by an older sweeper (or by hand): this study claims it
+            client.set_experiment_tag(exp_id, STORAGE_TAG, storage_id(storage))
     # shows the experiment in the MLflow UI's model-training (not GenAI) view
     client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
     client.set_experiment_tag(exp_id, f"{SHARED_VIEW_TAG}{TRIALS_VIEW}", json.dumps(trials_view(record.spec)))
@@ -143,9 +194,19 @@ def log_study_dashboard(uri: str, record: StudyRecord) -> None:
 
 
 def log_best_model(
-    uri: str, parent_run_id: str, study: optuna.Study, model: Any, data: Any, result: dict[str, Any]
+    uri: str,
+    parent_run_id: str,
+    model: Any,
+    raw_example: Any,
+    classes: Sequence[Any],
+    result: dict[str, Any],
 ) -> None:
-    """The best trial's retrained network as an MLflow model on the study run, with its test score."""
+    """The best trial's retrained network as an MLflow model on the study run, with its test score.
+
+    ``model`` takes raw inputs (the network wrapped in its data's standardization, see
+    ``models.for_raw_inputs``); ``raw_example`` is a few raw test inputs, the model's input example.
+    ``classes`` (the data's labels in logit order) go to the study run as ``classes.json``.
+    """
     import mlflow
     import torch
     from mlflow.entities import Metric, RunTag
@@ -157,13 +218,15 @@ def log_best_model(
         metrics=[Metric(f"best.{k}", float(v), ts, 0) for k, v in result.items() if k != "trial"],
         tags=[RunTag("best_trial", str(result["trial"]))],
     )
+    # logit column i is the class classes[i]: the data's labels were mapped to 0..K-1 in sorted order
+    client.log_dict(parent_run_id, list(classes), "classes.json")
     model = model.cpu().eval()
-    example = data.test.x[:5].cpu().numpy()
+    example = np.ascontiguousarray(np.asarray(raw_example, dtype=np.float32)[:5])
     mlflow.set_tracking_uri(uri)
     # Saved as a torch.export graph (MLflow's default): loading it runs no pickled code and needs no sweeper
     # install; it was traced in eval mode, so dropout is already off (such a graph has no .eval() to call).
     # The requirements are given, not inferred: inferring them loads the model in a subprocess (~10 s).
     requirements = [f"torch=={torch.__version__.split('+')[0]}"]
     with mlflow.start_run(run_id=parent_run_id):
-        # the signature (float32 [-1, features] -> [-1, classes]) is inferred from the input example
+        # the signature (float32 [-1, features] -> [-1, classes]) is inferred from the raw input example
         mlflow.pytorch.log_model(model, name="best_model", input_example=example, pip_requirements=requirements)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import shutil
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +25,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.study.record import end_reason
-from sweeper.study.storage import mask_url
+from sweeper.study.urls import mask_url
 from sweeper.tracking.client import client_for, describe, is_transient, not_mlflow
 from sweeper.tracking.sender import BackgroundSender
 from sweeper.tracking.study_run import study_summary
@@ -36,6 +38,7 @@ log = logging.getLogger("sweeper.tracking")
 
 PLOT_EVERY_S = 60.0
 FLUSH_EVERY_S = 2.0
+WEIGHTS_DIR, WEIGHTS_FILE = "weights", "state_dict.pt"  # a selected trial's network, as an artifact of its run
 TRIAL_END_WAIT_S = 10.0  # at most this long a trial's end waits for its run to reach MLflow
 MAX_KEPT_METRICS = 200_000  # epoch metrics kept while the server is down (~50 MB); later epochs' are dropped
 # a pruned trial is a normal outcome: FINISHED in MLflow (a red ✗ reads as failure), PRUNED in sweeper.state
@@ -55,6 +58,7 @@ class _Run:
     tried: bool = False  # a create request went out: it may have made the run before failing
     end: tuple[list[RunTag], str, int | None] | None = None  # tags, status, end time: set when the trial ends
     dropped: int = 0  # epoch metrics not kept (the server was down for long)
+    weights: str | None = None  # a folder holding the trained network's state_dict.pt, uploaded with the end
 
 
 class MlflowTracker:
@@ -132,6 +136,21 @@ class MlflowTracker:
         if time.monotonic() - self._last_poke >= self.flush_every_s:
             self._last_poke = time.monotonic()
             self.sender.poke()
+
+    def keep_weights(self, trial: FrozenTrial, state_dict: Mapping[str, Any]) -> None:
+        """The trained network of a trial that was the study's best when it finished: uploaded with its run
+        (``weights/state_dict.pt``), so the best model logged at the end is the network that was selected."""
+        if self.off:
+            return
+        import torch
+
+        folder = tempfile.mkdtemp(prefix="sweeper-weights-")
+        torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, os.path.join(folder, WEIGHTS_FILE))
+        with self._lock:
+            run = self._run(trial.number, dict(trial.params), trial.datetime_start)
+            old, run.weights = run.weights, folder
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial, reason: str | None = None) -> None:
         """Optuna callback at trial end: state, reason, duration, and the study's best so far.
@@ -319,6 +338,10 @@ class MlflowTracker:
                 del run.metrics[: len(batch)]  # only the sender removes metrics: these are the ones sent
                 self._kept -= len(batch)
             if end and last:
+                if run.weights:
+                    client.log_artifacts(run.run_id, run.weights, WEIGHTS_DIR)
+                    shutil.rmtree(run.weights, ignore_errors=True)
+                    run.weights = None
                 client.set_terminated(run.run_id, status=end[1], end_time=end[2])
                 with self._lock:
                     self._runs.pop(run.number, None)

@@ -11,7 +11,7 @@ import urllib.parse
 import urllib.request
 
 from sweeper.errors import SpecError
-from sweeper.study.storage import mask_url
+from sweeper.study.urls import mask_url
 
 
 def check_store(uri: str) -> None:
@@ -39,6 +39,17 @@ def experiment_url(uri: str, base: str, study: str | None) -> str:
         return f"{runs}?viewStateShareKey={TRIALS_VIEW}"
     query = urllib.parse.urlencode({"searchFilter": "tags.`sweeper.role` = 'trial'"}, quote_via=urllib.parse.quote)
     return f"{runs}?{query}"
+
+
+def link_hint(url: str) -> str:
+    """What the link from ``experiment_url`` opens, in a sentence for the terminal."""
+    from sweeper.tracking.study_run import TRIALS_VIEW
+
+    if f"viewStateShareKey={TRIALS_VIEW}" in url:  # the stored view already has the parameter columns
+        return "The link lists the trial runs, best first, with a column per searched parameter and the objective."
+    if "/runs" in url:  # an experiment made before sweeper stored its view
+        return "The link lists the trial runs; add their parameters as table columns with 'Columns'."
+    return "Pass a study name (sweeper ui STUDY) for a link to its trial runs."
 
 
 def start_server(

@@ -7,7 +7,7 @@ A source gives either one (x, y), split at random into train / val / test, or it
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +29,29 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
+    """The three splits as the networks see them (standardized when ``data.standardize``).
+
+    ``mean`` and ``std`` are the training split's feature statistics the inputs were standardized with
+    (``x = (raw - mean) / std``; ``None`` when they were not), so a network can be exported to take raw
+    inputs. ``classes`` are the source's labels in class-index order: class ``i`` is ``classes[i]``.
+    """
+
     train: Split
     val: Split
     test: Split
     num_classes: int
+    mean: torch.Tensor | None = None
+    std: torch.Tensor | None = None
+    classes: tuple[object, ...] = ()
 
     @property
     def in_features(self) -> int:
         return int(self.train.x.shape[1])
 
     def to(self, device: torch.device | str) -> Dataset:
-        return Dataset(self.train.to(device), self.val.to(device), self.test.to(device), self.num_classes)
+        """The splits on ``device``; the standardization statistics stay on the CPU (they go with an exported model)."""
+        splits = self.train.to(device), self.val.to(device), self.test.to(device)
+        return replace(self, train=splits[0], val=splits[1], test=splits[2])
 
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -170,8 +182,33 @@ def _indices(spec: DataSpec, sizes: dict[str, int], seed: int) -> dict[str, tupl
     return out
 
 
-def load_dataset(spec: DataSpec, seed: int, base_dir: str = ".") -> Dataset:
-    """Train / validation / test splits, the same for every trial of a study (they depend on the seed only)."""
+@dataclass(frozen=True)
+class RawSplits:
+    """Train / validation / test as the source gives them (not standardized), labels mapped to 0..K-1."""
+
+    train: Arrays
+    val: Arrays
+    test: Arrays
+    classes: np.ndarray  # the source's labels, sorted: label index i is classes[i]
+
+
+def needs_standardizing(setting: bool | str, x_train: np.ndarray) -> bool:
+    """``data.standardize``: true, false, or auto (only features far from unit scale, e.g. raw pixels 0-16).
+
+    Standardizing features that already have mean ~0 and std ~1 (MNIST-1D) only adds the noise of
+    statistics estimated on a few thousand samples; features in other units need it.
+    """
+    if setting != "auto":
+        return bool(setting)
+    mean, std = x_train.mean(0), x_train.std(0)
+    return bool(np.abs(mean).max() > 0.5 or std.min() < 0.5 or std.max() > 2.0)
+
+
+def load_raw_splits(spec: DataSpec, seed: int, base_dir: str = ".") -> RawSplits:
+    """The splits of ``load_dataset`` (same rows, same label indices), before standardization.
+
+    ``x`` is float32 ``[n, features]``, ``y`` int64 class indices; what a model exported by sweeper takes.
+    """
     parts = load_arrays(spec, seed, base_dir)
     xs = {k: np.asarray(x, dtype=np.float32).reshape(len(x), -1) for k, (x, _) in parts.items()}
     for k, (x, y) in parts.items():
@@ -187,12 +224,24 @@ def load_dataset(spec: DataSpec, seed: int, base_dir: str = ".") -> Dataset:
     ys = {k: inverse[bounds[i] : bounds[i + 1]].astype(np.int64) for i, k in enumerate(parts)}
     rows = _indices(spec, {k: len(x) for k, x in xs.items()}, seed)
     take = {s: (xs[part][idx], ys[part][idx]) for s, (part, idx) in rows.items()}
-    if spec.standardize:
-        mean, std = take["train"][0].mean(0), take["train"][0].std(0) + 1e-6  # statistics of the training split only
+    return RawSplits(take["train"], take["val"], take["test"], labels)
+
+
+def load_dataset(spec: DataSpec, seed: int, base_dir: str = ".") -> Dataset:
+    """Train / validation / test splits, the same for every trial of a study (they depend on the seed only)."""
+    raw = load_raw_splits(spec, seed, base_dir)
+    take = {"train": raw.train, "val": raw.val, "test": raw.test}
+    mean = std = None
+    if needs_standardizing(spec.standardize, raw.train[0]):
+        mean, std = raw.train[0].mean(0), raw.train[0].std(0) + 1e-6  # statistics of the training split only
         take = {s: ((x - mean) / std, y) for s, (x, y) in take.items()}
 
     def split(s: str) -> Split:
         x, y = take[s]
         return Split(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y))
 
-    return Dataset(split("train"), split("val"), split("test"), num_classes=len(labels))
+    def stat(v: np.ndarray | None) -> torch.Tensor | None:
+        return None if v is None else torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+
+    classes = tuple(raw.classes.tolist())
+    return Dataset(split("train"), split("val"), split("test"), len(classes), stat(mean), stat(std), classes)

@@ -52,6 +52,31 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class Standardized(nn.Module):
+    """``net`` on raw inputs: standardizes with the training split's ``mean`` and ``std`` first.
+
+    The network is trained on ``(raw - mean) / std`` (``data.standardize``); wrapped, it maps raw
+    features to logits, so the model sweeper exports predicts from the data as its source gives it.
+    The statistics are buffers: they are in the exported graph and in ``state_dict()``.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, net: nn.Module) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean.detach().clone().float())
+        self.register_buffer("std", std.detach().clone().float())
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def for_raw_inputs(net: nn.Module, mean: torch.Tensor | None, std: torch.Tensor | None) -> nn.Module:
+    """``net`` wrapped to take raw inputs when its data was standardized (``mean``, ``std``), else ``net``."""
+    if mean is None or std is None:
+        return net
+    return Standardized(mean, std, net)
+
+
 def build_network(
     spec: NetworkSpec, in_features: int, num_classes: int, dropout: tuple[float, ...], batch_norm: bool, base_dir: str
 ) -> nn.Module:

@@ -51,6 +51,7 @@ class Objective:
         self, spec: StudySpec, data: Dataset, hooks: Sequence[TrialHook] = (), on_step: StepHook | None = None
     ) -> None:
         self.spec, self.data, self.hooks, self.on_step = spec, data, list(hooks), on_step
+        self.model: nn.Module | None = None  # the last trial's trained network (the worker may keep it)
 
     def __call__(self, trial: optuna.Trial) -> float:
         hp = self.spec.space.suggest(trial, self.spec.network.n_hidden)
@@ -63,8 +64,11 @@ class Objective:
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
+        self.model = None
         try:
-            _, metrics = fit(self.spec, self.data, hp, trial_seed(self.spec.seed, trial.number), on_epoch, self.on_step)
+            self.model, metrics = fit(
+                self.spec, self.data, hp, trial_seed(self.spec.seed, trial.number), on_epoch, self.on_step
+            )
         except DivergedError as e:
             # a diverged trial says something about its region of the space: keep it as pruned, with why
             set_end_reason(trial, str(e))

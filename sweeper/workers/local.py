@@ -17,9 +17,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from sweeper.errors import SpecError
-from sweeper.study.storage import normalize_url
+from sweeper.study.urls import normalize_url
 
 _warned: set[str] = set()
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # read by torch when a worker process starts
@@ -48,6 +50,19 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads_per_worker(1, threads))
+
+
+@contextmanager
+def threads_for_a_while(threads: int | None) -> Iterator[None]:
+    """``set_threads`` for the ``with`` block, then torch's thread count as it was (the launching process)."""
+    import torch
+
+    before = torch.get_num_threads()
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def parse_gpus(gpus: str | None) -> list[str]:

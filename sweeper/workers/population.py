@@ -3,7 +3,7 @@
 Each member reports to its own Optuna trial every epoch and is pruned by the study's pruner
 (or when it diverges, with the reason in ``end_reason`` as in ``objective.Objective``). A member
 that leaves frees its slot and the slot is refilled with a new trial from ``study.ask``, until the
-study's running plus finished trials reach the budget (claimed as ``sweeper.workers.budget`` does).
+study's running plus finished trials reach the budget (claimed from the budget as ``sweeper.workers.budget`` does).
 MLflow hooks, Optuna reports, pruning decisions and trial-end callbacks run on one background
 thread while the device trains the next epoch, so storage and tracking I/O never stall it; a
 pruning decision lands one epoch late and the pruned member's extra epoch is dropped.
@@ -14,65 +14,28 @@ every running member ends as FAIL and is queued again, as a single trial is.
 from __future__ import annotations
 
 import logging
-import threading
-import warnings
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import SpecError
-from sweeper.study.record import set_end_reason, set_lr, tag_trial
+from sweeper.study import optuna_internals as internals
+from sweeper.study.record import is_best_so_far, set_end_reason, set_lr, tag_trial
 from sweeper.study.space import Hparams
 from sweeper.study.spec import StudySpec
 from sweeper.training.data import Dataset
 from sweeper.training.population.trainer import EpochResult, PopulationTrainer
 from sweeper.training.train import trial_seed
-from sweeper.workers.budget import claims, wait_for_slot
+from sweeper.workers.budget import claim, try_claim
+from sweeper.workers.heartbeat import Heartbeat
 from sweeper.workers.shutdown import Shutdown, WorkerStopped, requeue
 
 log = logging.getLogger("sweeper")
 TrialHook = Callable[[optuna.Trial, int, dict[str, float]], None]
 StudyCallback = Callable[[optuna.Study, FrozenTrial], None]
-
-
-class _Heartbeat:
-    """One thread beating for every running member, as ``study.optimize`` does for its one trial,
-    so other workers' stale-trial check does not fail trials that are alive in a population."""
-
-    def __init__(self, study: optuna.Study, trial_ids: Callable[[], list[int]]) -> None:
-        from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
-
-        storage = study._storage
-        self.storage = storage if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage) else None
-        self.trial_ids, self.stop = trial_ids, threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def __enter__(self) -> _Heartbeat:
-        if self.storage is not None:
-            self.thread = threading.Thread(target=self._beat, name="sweeper-heartbeat", daemon=True)
-            self.thread.start()
-        return self
-
-    def beat(self, trial_id: int) -> None:
-        if self.storage is not None:
-            self.storage.record_heartbeat(trial_id)
-
-    def _beat(self) -> None:
-        assert self.storage is not None
-        interval = self.storage.get_heartbeat_interval() or 60
-        while not self.stop.wait(interval):
-            for trial_id in self.trial_ids():
-                try:
-                    self.beat(trial_id)
-                except Exception:  # a missed beat is retried at the next interval
-                    pass
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join()
 
 
 class PopulationRunner:
@@ -88,37 +51,31 @@ class PopulationRunner:
         where: dict[str, str] | None = None,
         hooks: Sequence[TrialHook] = (),
         callbacks: Sequence[StudyCallback] = (),
+        keep: Callable[[FrozenTrial, dict[str, Any]], None] | None = None,
         poll: float = 2.0,
     ) -> None:
         if size < 1:
             raise ValueError(f"population size must be >= 1, got {size}")
         self.study, self.spec, self.size, self.budget = study, spec, size, budget
         self.where, self.hooks, self.callbacks = where or {}, list(hooks), list(callbacks)
-        self.poll = poll
+        self.poll, self.keep = poll, keep
+        self.finals: dict[Hashable, dict[str, Any]] = {}  # a member's trained weights, from its last epoch to its end
         self.trainer = PopulationTrainer(data, spec.train, spec.network, mask_seed=spec.seed)
         self.active: dict[int, optuna.Trial] = {}
         self.ran = 0
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-io")
-        self.heartbeat = _Heartbeat(study, lambda: [t._trial_id for t in list(self.active.values())])
+        self.heartbeat = Heartbeat(study, lambda: [internals.trial_id(t) for t in list(self.active.values())])
 
-    def _refill(self) -> None:
-        """Ask trials for the free slots, claiming budget the way ``sweeper.workers.budget`` does for one trial."""
-        finished, running = claims(self.study)  # running counts every worker's trials, ours included
-        free = min(self.size - self.trainer.size, self.budget - finished - running)
+    def _refill(self, trial: optuna.Trial | None = None) -> None:
+        """Fill the free slots with new trials, each claimed from the shared budget (``sweeper.workers.budget``);
+        ``trial``: one already claimed (after waiting for a slot)."""
         keys, hps, seeds = [], [], []
-        for _ in range(max(free, 0)):
-            with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
-                warnings.simplefilter("ignore", UserWarning)
-                trial = self.study.ask()
-            self.heartbeat.beat(trial._trial_id)
-            finished, earlier = claims(self.study, before=self.study._storage.get_trial(trial._trial_id))
-            if finished + earlier >= self.budget:  # another worker claimed the slot at the same moment
-                self._finish(
-                    trial,
-                    TrialState.FAIL,
-                    reason=f"budget of {self.budget} finished trials claimed by other workers; trial not trained",
-                )
-                break
+        while self.trainer.size + len(keys) < self.size:
+            if trial is None:
+                claimed = try_claim(self.study, self.budget, self.heartbeat.beat)
+                if not claimed:  # the budget is met, or every free slot is another running trial's
+                    break
+                trial = claimed
             tag_trial(trial, self.where)
             try:
                 hp: Hparams = self.spec.space.suggest(trial, self.spec.network.n_hidden)
@@ -131,12 +88,21 @@ class PopulationRunner:
             keys.append(trial.number)
             hps.append(hp)
             seeds.append(trial_seed(self.spec.seed, trial.number))
+            trial = None
         self.trainer.add(keys, hps, seeds)
 
     def _finish(self, trial: optuna.Trial, state: TrialState, value: float | None = None, reason: str = "") -> None:
         if reason:
             set_end_reason(trial, reason)
         frozen = self.study.tell(trial, value, state=state)
+        weights = self.finals.pop(trial.number, None)
+        if (
+            weights is not None
+            and self.keep is not None
+            and state == TrialState.COMPLETE
+            and is_best_so_far(self.study, frozen)
+        ):
+            self.keep(frozen, weights)  # the study's best so far: the network a user gets if it stays best
         for cb in self.callbacks:
             cb(self.study, frozen)
 
@@ -177,47 +143,46 @@ class PopulationRunner:
         """
         last = self.spec.train.epochs - 1
         pending: Future[list[Hashable]] | None = None
+        waited: optuna.Trial | None = None
         while True:
-            self._refill()
+            self._refill(waited)
+            waited = None
             if self.trainer.size == 0:
                 if pending is not None:
                     self._apply(pending)
                     pending = None
                     continue
-                # every slot is claimed by other workers' running trials: wait for them to end
-                if wait_for_slot(self.study, self.budget, self.poll, stop):
-                    continue
-                return
+                # every slot is claimed by other workers' running trials: wait for one to end
+                waited = claim(self.study, self.budget, self.heartbeat.beat, self.poll, stop)
+                if waited is None:
+                    return
+                continue
             results = self.trainer.train_epoch(stop.check)
             if pending is not None:
                 self._apply(pending)
                 results = [r for r in results if r.key in self.active]
+            if self.keep is not None:
+                self.finals.update({r.key: self.trainer.member(r.key).state_dict() for r in results if r.epoch >= last})
             self.trainer.remove([r.key for r in results if r.error or r.epoch >= last])
             pending = self._io.submit(self._decide, results)
 
     def run(self, stop: Shutdown | None = None) -> int:
         """Train until the budget is met or ``stop`` is asked for; return how many trials this worker finished."""
-        from optuna.storages import fail_stale_trials
-
         stop = stop or Shutdown()  # not entered: no handlers, never asks to stop
-
-        if self.heartbeat.storage is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                fail_stale_trials(self.study)  # what optimize does first: requeue trials of dead workers
         try:
             with self.heartbeat:
+                self.heartbeat.reap()  # what optimize does first: requeue the trials of dead workers
                 self._loop(stop)
         except BaseException as e:
             self._io.shutdown(wait=True)  # let the last decisions land before failing the rest
             stopped = isinstance(e, WorkerStopped)
             queued = []
             for trial in list(self.active.values()):
-                if self.study._storage.get_trial(trial._trial_id).state == TrialState.RUNNING:
+                if internals.frozen(self.study, internals.trial_id(trial)).state == TrialState.RUNNING:
                     reason = f"{e}; queued again" if stopped else f"{type(e).__name__}: {e}"[:2000]
                     self._finish(trial, TrialState.FAIL, reason=reason)
                     if stopped:
-                        requeue(self.study, trial._trial_id)
+                        requeue(self.study, internals.trial_id(trial))
                         queued.append(str(trial.number))
             if not stopped:
                 raise

@@ -1,21 +1,29 @@
-"""A worker: joins a study by name through the storage alone and trains trials until the budget is met."""
+"""A worker: joins a study by name through the storage alone and trains trials until the budget is met.
+
+The trial protocol, top to bottom (``TrialLoop.run``): claim a slot of the shared budget and create
+the trial in it (``sweeper.workers.budget``), train it with the heartbeat thread beating for it
+(``sweeper.workers.heartbeat``), tell Optuna how it ended, run the end-of-trial callbacks (MLflow,
+progress bar); stop on SIGTERM / Ctrl-C (``sweeper.workers.shutdown``), when the budget is met, or
+when trials keep failing.
+"""
 
 from __future__ import annotations
 
 import gc
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.study.record import StudyRecord, heartbeat_settings, set_end_reason, tag_trial
-from sweeper.study.spec import StudySpec
+from sweeper.study import optuna_internals as internals
+from sweeper.study.record import StudyRecord, heartbeat_settings, is_best_so_far, set_end_reason, tag_trial
 from sweeper.tracking.tracker import MlflowTracker
 from sweeper.training.objective import Objective, prepare_data
-from sweeper.workers.budget import Surplus, check_claim, wait_for_slot
+from sweeper.workers.budget import claim
+from sweeper.workers.heartbeat import Heartbeat
 from sweeper.workers.progress import ProgressBar, quiet_trial_tracebacks
 from sweeper.workers.shutdown import Shutdown, WorkerStopped, requeue
 
@@ -24,24 +32,8 @@ TAKEN = (
     "taken over: no heartbeat for longer than the grace period (the study database was unreachable), "
     "so another worker failed it and queued it again"
 )
-
-
-class TrialTaken(BaseException):
-    """Another worker failed this worker's trial as stale (e.g. after a database outage longer than the
-    heartbeat grace): the trial is dropped and the worker goes on. A ``BaseException``, so that Optuna's
-    ``optimize`` passes it on instead of telling the trial, which is no longer this worker's."""
-
-
-class _StopAfterFailures:
-    """Stop this worker when its trials keep failing (a broken network or data, not bad luck)."""
-
-    def __init__(self, limit: int = 3) -> None:
-        self.limit, self.streak = limit, 0
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
-        if self.streak >= self.limit:
-            study.stop()
+FAILURES_IN_A_ROW = 3  # a worker whose trials keep failing stops: a broken network or data, not bad luck
+Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def run_worker(
@@ -53,16 +45,16 @@ def run_worker(
     device: str | None = None,
     population: int | None = None,
     labels: Mapping[str, str] | None = None,
+    reproducible: bool = False,
 ) -> int:
     """Run trials of an existing study until it has its budget of finished trials; return how many this worker ran.
 
     Each trial records where it ran (host, worker id, device, plus ``labels`` such as a cluster node)
-    as trial attributes and MLflow tags.
-
-    The budget is shared by every worker (see ``sweeper.workers.budget``). SIGTERM or Ctrl-C ends the running
-    trial as FAIL, queues it again and returns (see ``sweeper.workers.shutdown``).
+    as trial attributes and MLflow tags. ``worker_id`` is only that label: every worker's sampler gets
+    a seed of its own, so scaled workers never repeat each other's trials; ``reproducible`` seeds it
+    with the study seed instead (the one worker of ``sweeper launch``: a re-run repeats the search).
     """
-    record = StudyRecord.open(study_name, storage, worker_id, heartbeat=True)
+    record = StudyRecord.open(study_name, storage, heartbeat=True, fresh_sampler_seed=not reproducible)
     study, spec, budget = record.study, record.spec, record.budget
     if record.done:
         log.info(
@@ -77,119 +69,123 @@ def run_worker(
     data = prepare_data(spec, device)
     where = {"host": socket.gethostname(), "worker": str(worker_id), "device": str(data.train.x.device)}
     where.update(labels or {})
-    hooks: list[Any] = []
-    failures = _StopAfterFailures()
-    callbacks: list[Any] = [failures]
-    parent = record.parent_run_id
-    tracker = None
-    if tracking_uri and parent:
-        tracker = MlflowTracker(tracking_uri, parent, where)
-        hooks.append(tracker.on_epoch)
-        callbacks.append(tracker)
-    size = population or spec.train.population
-    if size > 1 and spec.network.type == "mlp":  # user networks cannot be stacked: they run one at a time
-        rest = [c for c in callbacks if c is not failures]
-        try:
-            return _run_population(study, spec, data, size, budget, where, hooks, rest, progress)
-        finally:
-            if tracker is not None:
-                tracker.close()
-    poll = min(2.0, heartbeat_settings()[0] / 2)
-    stop = Shutdown()
-    objective = Objective(spec, data, hooks, on_step=stop.check)
-    current: list[int] = []  # the trial id this worker is running, for the clean-up after a stop
-    oom: list[bool] = [False]
-    trained: list[bool] = [False]  # the objective returned: what fails now is recording the trial's end
-
-    def tagged(trial: optuna.Trial) -> float:
-        current[:] = [trial._trial_id]
-        try:
-            value = train(trial)
-        except optuna.exceptions.UpdateFinishedTrialError:  # the trial is no longer ours to update
-            raise TrialTaken from None
-        trained[:] = [True]
-        return value
-
-    def train(trial: optuna.Trial) -> float:
-        tag_trial(trial, where)
-        try:
-            check_claim(trial, budget, poll, stop)
-        except Surplus as e:  # ends FAIL untrained: say why, so no one takes it for a lost trial
-            set_end_reason(trial, str(e))
-            raise
-        try:
-            stop.check()  # the signal came between ask() and here
-            return objective(trial)
-        except WorkerStopped as e:
-            set_end_reason(trial, f"{e}; queued again")
-            raise
-        except optuna.TrialPruned:
-            raise
-        except Exception as e:
-            set_end_reason(trial, f"{type(e).__name__}: {e}")
-            oom[:] = [_is_oom(e)]
-            raise
-
-    ran = 0
+    tracker = (
+        MlflowTracker(tracking_uri, record.parent_run_id, where) if tracking_uri and record.parent_run_id else None
+    )
     bar = ProgressBar(study, budget) if progress else None
-    if bar:
-        callbacks.append(bar)
+    callbacks: list[Any] = [c for c in (tracker, bar) if c is not None]
+    hooks = [tracker.on_epoch] if tracker is not None else []
     try:
-        with stop:
-            while wait_for_slot(study, budget, poll, stop):
-                trained[:] = [False]
-                try:
-                    study.optimize(tagged, n_trials=1, callbacks=callbacks, catch=(RuntimeError,))
-                except Surplus:
-                    break
-                except WorkerStopped as e:
-                    number = _requeue(study, current[0], tracker)
-                    log.warning("trial %d stopped (%s): queued again with the same parameters", number, e)
-                    break
-                except TrialTaken:
-                    _drop_taken(study, current[0], tracker)
-                    continue
-                except Exception:  # taken while its end was being recorded: Optuna cannot tell it
-                    if not (trained[0] and study._storage.get_trial(current[0]).state == TrialState.FAIL):
-                        raise
-                    _drop_taken(study, current[0], tracker)
-                    continue
-                ran += 1
-                if oom[0]:  # only now: until optimize returns, its traceback still holds the trial's tensors
-                    _free_memory()
-                    oom[:] = [False]
-                if failures.streak >= failures.limit:
-                    break
+        size = population or spec.train.population
+        if size > 1 and spec.network.type == "mlp":  # user networks cannot be stacked: they run one at a time
+            from sweeper.workers.population import PopulationRunner
+
+            keep = tracker.keep_weights if tracker is not None else None
+            with Shutdown() as stop:
+                return PopulationRunner(study, spec, data, size, budget, where, hooks, callbacks, keep).run(stop)
+        with Shutdown() as stop:
+            objective = Objective(spec, data, hooks, on_step=stop.check)
+            keep = tracker.keep_weights if tracker is not None else None
+            return TrialLoop(study, objective, budget, where, callbacks, keep).run(stop)
     finally:
-        if bar:
+        if bar is not None:
             bar.close()
         if tracker is not None:
             tracker.close()
-    return ran
 
 
-def _run_population(
-    study: optuna.Study,
-    spec: StudySpec,
-    data: Any,
-    size: int,
-    budget: int,
-    where: dict[str, str],
-    hooks: list[Any],
-    callbacks: list[Any],
-    progress: bool,
-) -> int:
-    """K trials at a time, stacked on one device (see ``sweeper.training.population``)."""
-    from sweeper.workers.population import PopulationRunner
+class TrialLoop:
+    """One trial at a time: claim, train, tell, call back; until the budget is met or the worker stops."""
 
-    bar = ProgressBar(study, budget) if progress else None
-    runner = PopulationRunner(study, spec, data, size, budget, where, hooks, callbacks + ([bar] if bar else []))
-    try:
-        with Shutdown() as stop:
-            return runner.run(stop)
-    finally:
-        if bar:
-            bar.close()
+    def __init__(
+        self,
+        study: optuna.Study,
+        objective: Callable[[optuna.Trial], float],
+        budget: int,
+        where: Mapping[str, str],
+        callbacks: Sequence[Callback] = (),
+        keep: Callable[[FrozenTrial, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.study, self.objective, self.budget, self.where = study, objective, budget, dict(where)
+        self.callbacks, self.keep = list(callbacks), keep
+        self.running: int | None = None  # the id of the trial being trained, for the heartbeat
+        self.ran = self.failures = 0
+        self.poll = min(2.0, heartbeat_settings()[0] / 2)
+
+    def run(self, stop: Shutdown) -> int:
+        """Train trials until the budget is met, a stop is asked for, or trials keep failing; return how many ran."""
+        with Heartbeat(self.study, lambda: [] if self.running is None else [self.running]) as heartbeat:
+            heartbeat.reap()  # what optimize does first: requeue the trials of dead workers
+            while self.failures < FAILURES_IN_A_ROW:
+                trial = claim(self.study, self.budget, heartbeat.beat, self.poll, stop)
+                if trial is None:
+                    break
+                self.running = internals.trial_id(trial)
+                try:
+                    frozen = self._train(trial)
+                except WorkerStopped as e:
+                    self._end(requeue(self.study, self.running))
+                    log.warning("trial %d stopped (%s): queued again with the same parameters", trial.number, e)
+                    break
+                finally:
+                    self.running = None
+                if frozen is None:  # another worker took it
+                    continue
+                self.ran += 1
+                self.failures = self.failures + 1 if frozen.state == TrialState.FAIL else 0
+                self._end(frozen)
+        return self.ran
+
+    def _train(self, trial: optuna.Trial) -> FrozenTrial | None:
+        """Train one trial and record how it ended; None if it was taken over (it is not ours to tell)."""
+        tag_trial(trial, self.where)
+        value, state, error = None, TrialState.COMPLETE, None
+        try:
+            value = self.objective(trial)
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another worker meanwhile
+            return self._drop_taken()
+        except WorkerStopped as e:
+            set_end_reason(trial, f"{e}; queued again")
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        except RuntimeError as e:  # a trial's own failure (out of memory, a bad shape): the next may do better
+            set_end_reason(trial, f"{type(e).__name__}: {e}")
+            state, error = TrialState.FAIL, e
+        except Exception as e:  # a bug or broken data: every trial would fail, so the worker stops here
+            set_end_reason(trial, f"{type(e).__name__}: {e}")
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        try:
+            frozen = self.study.tell(trial, value, state=state if value is None else None)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # "Cannot tell a FAIL trial"
+            if internals.frozen(self.study, internals.trial_id(trial)).state != TrialState.FAIL:
+                raise
+            return self._drop_taken()
+        if self.keep is not None and frozen.state == TrialState.COMPLETE and is_best_so_far(self.study, frozen):
+            model = getattr(self.objective, "model", None)
+            if model is not None:  # the study's best so far: its network is the one a user gets if it stays best
+                self.keep(frozen, model.state_dict())
+        if error is not None:
+            log.warning("trial %d failed: %s: %s", trial.number, type(error).__name__, str(error)[:300])
+            if _is_oom(error):
+                _free_memory()
+        return frozen
+
+    def _end(self, frozen: FrozenTrial) -> None:
+        for callback in self.callbacks:
+            callback(self.study, frozen)
+
+    def _drop_taken(self) -> None:
+        """A trial another worker failed as stale: say so in one line, end its MLflow run as failed, go on."""
+        assert self.running is not None
+        frozen = internals.frozen(self.study, self.running)
+        log.warning("trial %d %s; this worker drops it and goes on", frozen.number, TAKEN)
+        for callback in self.callbacks:
+            if isinstance(callback, MlflowTracker):
+                callback(self.study, frozen, reason=TAKEN)
+        return None
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -205,19 +201,3 @@ def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _drop_taken(study: optuna.Study, trial_id: int, tracker: MlflowTracker | None) -> None:
-    """A trial another worker failed: say so in one line, end its MLflow run as failed, go on."""
-    frozen = study._storage.get_trial(trial_id)
-    log.warning("trial %d %s; this worker drops it and goes on", frozen.number, TAKEN)
-    if tracker is not None:
-        tracker(study, frozen, reason=TAKEN)
-
-
-def _requeue(study: optuna.Study, trial_id: int, tracker: MlflowTracker | None) -> int:
-    """A trial stopped by a signal: queue it again and end its MLflow run; return its number."""
-    frozen = requeue(study, trial_id)
-    if tracker is not None:
-        tracker(study, frozen)
-    return frozen.number

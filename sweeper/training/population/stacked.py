@@ -123,7 +123,8 @@ class StackedMLP:
 
     # --- compute -----------------------------------------------------------------------------------
 
-    def _batch_norm(self, i: int, h: torch.Tensor, train: bool) -> torch.Tensor:
+    def _batch_norm(self, i: int, h: torch.Tensor, train: bool, update: torch.Tensor | None = None) -> torch.Tensor:
+        """Batch norm per member; a training pass moves the running statistics of the ``update`` members (None: all)."""
         t = self.t
         x = h.float()
         if train:
@@ -131,17 +132,29 @@ class StackedMLP:
             var = x.var(1, unbiased=False, keepdim=True)
             with torch.no_grad():
                 n = x.shape[1]
-                t[f"rmean{i}"].lerp_(mean.detach(), BN_MOMENTUM)
-                t[f"rvar{i}"].lerp_(var.detach() * (n / max(n - 1, 1)), BN_MOMENTUM)
+                stats = ((f"rmean{i}", mean.detach()), (f"rvar{i}", var.detach() * (n / max(n - 1, 1))))
+                for name, batch in stats:
+                    if update is None:
+                        t[name].lerp_(batch, BN_MOMENTUM)
+                    else:  # the others keep theirs bit for bit
+                        t[name].copy_(torch.where(update.view(-1, 1, 1), t[name].lerp(batch, BN_MOMENTUM), t[name]))
         else:
             mean, var = t[f"rmean{i}"], t[f"rvar{i}"]
         return (x - mean) * torch.rsqrt(var + BN_EPS) * t[f"gamma{i}"] + t[f"beta{i}"]
 
-    def forward(self, x: torch.Tensor, train: bool, gens: Sequence[torch.Generator] = ()) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        train: bool,
+        gens: Sequence[torch.Generator] = (),
+        bn_update: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``x`` is ``[K, B, in]`` (each member's own batch) or ``[B, in]`` (one batch for all).
 
         ``gens`` holds one mask generator per dropout layer (input first), so whether one layer draws
-        masks (some member has p > 0 there) never shifts the masks of the other layers.
+        masks (some member has p > 0 there) never shifts the masks of the other layers. ``bn_update``
+        (``[K]`` bool, default all): the members whose batch-norm running statistics this training pass
+        updates; the others' stay as they are (e.g. R-Drop's second pass, for members without R-Drop).
         """
         t, k = self.t, self.size
         h = x if x.dim() == 3 else x.unsqueeze(0).expand(k, -1, -1)
@@ -152,12 +165,29 @@ class StackedMLP:
         for i in range(len(self.hidden)):
             h = torch.baddbmm(t[f"b{i}"], h, t[f"w{i}"])
             if self.any_bn:
-                h = torch.where(bn, self._batch_norm(i, h, train).to(h.dtype), h)
+                h = torch.where(bn, self._batch_norm(i, h, train, bn_update).to(h.dtype), h)
             h = act(h)
             if train and self.any_dropout[i + 1]:
                 h = dropout(h, t["p"][:, i + 1], gens[i + 1])
         last = len(self.hidden)
         return torch.baddbmm(t[f"b{last}"], h, t[f"w{last}"])
+
+    def member(self, i: int, in_features: int, num_classes: int) -> MLP:
+        """Member ``i`` as the one-trial network (``models.MLP``) with its trained weights and batch-norm state."""
+        t = self.t
+        net = MLP(in_features, num_classes, self.hidden, tuple(t["p"][i].tolist()), bool(t["bn"][i]), self.activation)
+        linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+        norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+        with torch.no_grad():
+            for j, lin in enumerate(linears):
+                lin.weight.copy_(t[f"w{j}"][i].t())
+                lin.bias.copy_(t[f"b{j}"][i].view(-1))
+            for j, norm in enumerate(norms):
+                for mine, theirs in ((norm.weight, "gamma"), (norm.bias, "beta")):
+                    mine.copy_(t[f"{theirs}{j}"][i].view(-1))
+                norm.running_mean.copy_(t[f"rmean{j}"][i].view(-1))
+                norm.running_var.copy_(t[f"rvar{j}"][i].view(-1))
+        return net.eval()
 
     def weights(self) -> list[torch.Tensor]:
         return [self.t[f"w{i}"] for i in range(self.n_linear)]

@@ -95,6 +95,11 @@ class PopulationTrainer:
         self.epochs += [0] * len(keys)
         self.gens += [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
 
+    def member(self, key: Hashable) -> torch.nn.Module:
+        """A member as a one-trial network (``models.MLP``) with its weights as trained so far."""
+        assert self.net is not None
+        return self.net.member(self.keys.index(key), self.data.in_features, self.data.num_classes)
+
     def remove(self, keys: Sequence[Hashable]) -> None:
         gone = set(keys)
         idx = [i for i, k in enumerate(self.keys) if k not in gone]
@@ -109,26 +114,32 @@ class PopulationTrainer:
     def _autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
 
-    def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """One training step of every member (or of the ``active`` ones, ``[K]`` bool); their losses, ``[K]``."""
         net = self.net
         assert net is not None
         with self._autocast():
-            logits = net.forward(xb, True, self.mask_gens[0])
+            logits = net.forward(xb, True, self.mask_gens[0], bn_update=active)
             loss = _member_loss(logits, yb)
             if net.any_r_drop:
-                logits2 = net.forward(xb, True, self.mask_gens[1])
                 alpha = net.t["r_drop"]
+                # R-Drop's second pass moves the batch-norm running statistics of R-Drop members only (as
+                # train.train's second forward pass does), never those of the members beside them
+                second = alpha > 0 if active is None else (alpha > 0) & active
+                logits2 = net.forward(xb, True, self.mask_gens[1], bn_update=second)
                 both = 0.5 * (loss + _member_loss(logits2, yb)) + alpha * _member_kl(logits, logits2)
                 loss = torch.where(alpha > 0, both, loss)
         reported = loss.detach()
         if net.any_l1:
             loss = loss + net.t["l1"] * torch.stack([w.abs().sum((1, 2)) for w in net.weights()]).sum(0)
+        if active is not None:
+            loss = torch.where(active, loss, torch.zeros_like(loss))
         names = net.param_names
         # batch-norm parameters get no gradient when no member uses batch norm: SGD skips them too
         grads = torch.autograd.grad(loss.sum(), [net.t[n] for n in names], allow_unused=True)
-        sgd_step(net, {n: g for n, g in zip(names, grads, strict=True) if g is not None})
+        sgd_step(net, {n: g for n, g in zip(names, grads, strict=True) if g is not None}, active)
         if net.any_max_norm:
-            max_norm_(net)
+            max_norm_(net, active)
         return reported
 
     @torch.no_grad()
@@ -153,19 +164,25 @@ class PopulationTrainer:
         assert net is not None and self.size
         x, y = self.data.train.x, self.data.train.y
         n, bs = len(x), self.settings.batch_size
-        min_batch = 2 if net.any_bn else 1
         perms = torch.stack([torch.randperm(n, generator=g, device=self.device) for g in self.gens])
         loss_sum = torch.zeros(self.size, device=self.device)
-        steps = 0
+        steps = torch.zeros(self.size, device=self.device)
         for i in range(0, n, bs):
             idx = perms[:, i : i + bs]
-            if idx.shape[1] < min_batch:
-                continue
-            loss_sum += self._step(x[idx], y[idx])
-            steps += 1
+            if idx.shape[1] < 2 and net.any_bn:
+                # batch norm needs 2 samples: like train.train, a batch-norm member skips a 1-sample batch,
+                # and the members without batch norm still train on it, as they would alone
+                active = ~net.t["bn"]
+                if not bool(active.any()):
+                    continue
+                loss_sum += torch.where(active, self._step(x[idx], y[idx], active), torch.zeros_like(loss_sum))
+                steps += active
+            else:
+                loss_sum += self._step(x[idx], y[idx])
+                steps += 1
             if on_step is not None:
                 on_step()
-        train_loss = loss_sum / max(steps, 1)
+        train_loss = loss_sum / steps.clamp(min=1)
         val_loss, val_acc = self.evaluate(self.data.val)
         lr = net.t["lr"].clone()
         decay_lr(net)

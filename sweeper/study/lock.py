@@ -1,0 +1,97 @@
+"""One lock per study, shared by every worker: held while a worker checks the budget and creates a trial.
+
+Ordering trials after the fact (by start time or id) cannot make the budget exact: a trial's start
+time is taken before its insert waits for the database's write lock, and a queued trial that is
+popped later keeps its old id, so two workers can each see themselves first and both train the
+last slot. Checking and creating under one lock can: every trial created is created after its
+worker saw a free slot, and every earlier trial was committed (visible) by then.
+
+- PostgreSQL: a transaction-level advisory lock (``pg_advisory_xact_lock``), released at commit or
+  when the connection is lost, so a killed worker never holds it.
+- SQLite: an ``flock`` on a file beside the database (``<db>.lock``); SQLite is one machine's file.
+- MySQL: ``GET_LOCK``. Anything else (in-memory storage): a lock of this process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+import sqlalchemy as sa
+
+from sweeper.study.optuna_internals import rdb_backend
+from sweeper.study.retry import with_retry
+from sweeper.study.urls import mask_url
+
+_local = threading.Lock()
+
+
+def _key(name: str) -> int:
+    """A signed 64-bit advisory-lock key for a study name."""
+    return int.from_bytes(hashlib.sha256(f"sweeper:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+@contextmanager
+def study_lock(study: optuna.Study) -> Iterator[None]:
+    """Hold the study's lock (blocking until it is free)."""
+    rdb = rdb_backend(study)
+    dialect = rdb.engine.dialect.name if rdb is not None else ""
+    if rdb is not None and dialect == "postgresql":
+        with _advisory(rdb.engine, study.study_name, "SELECT pg_advisory_xact_lock(:k)", None):
+            yield
+    elif rdb is not None and dialect == "mysql":
+        with _advisory(rdb.engine, study.study_name, "SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)"):
+            yield
+    elif rdb is not None and dialect == "sqlite" and rdb.engine.url.database not in (None, "", ":memory:"):
+        with _file_lock(Path(str(rdb.engine.url.database)).with_suffix(".lock")):
+            yield
+    else:
+        with _local:
+            yield
+
+
+@contextmanager
+def _advisory(engine: sa.Engine, name: str, take: str, release: str | None) -> Iterator[None]:
+    key: int | str = _key(name) if release is None else f"sweeper:{name}"[:64]
+
+    def acquire() -> sa.Connection:
+        conn = engine.connect()
+        try:
+            conn.execute(sa.text(take), {"k": key})
+        except Exception:
+            conn.close()
+            raise
+        return conn
+
+    conn = with_retry(acquire, mask_url(engine.url.render_as_string(hide_password=False)))
+    try:
+        yield
+    finally:
+        try:
+            if release is not None:
+                conn.execute(sa.text(release), {"k": key})
+            conn.commit()  # ends the transaction: an xact lock is released here
+        except Exception:  # the connection died: the server released the lock with it
+            pass
+        finally:
+            conn.close()
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): workers of one process only
+        with _local:
+            yield
+        return
+    with open(path, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,150 @@
+"""The shared budget is exact, nothing holds a slot forever, retried writes never duplicate, workers never repeat."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from sqlalchemy import exc as sa_exc
+
+from conftest import tiny_spec_dict
+from sweeper import api
+from sweeper.study import optuna_internals as internals
+from sweeper.study.storage import make_storage
+from sweeper.workers.budget import claims, try_claim
+from sweeper.workers.heartbeat import Heartbeat
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@pytest.fixture(autouse=True)
+def _fast_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWEEPER_HEARTBEAT", "1")
+    monkeypatch.setenv("SWEEPER_HEARTBEAT_GRACE", "2")
+
+
+def test_racing_claims_never_create_a_trial_past_the_budget(storage_url: str) -> None:
+    """Eight workers (each its own connection pool, as processes have) claim at once, with queued trials too."""
+    budget = 5
+    optuna.create_study(study_name="race", storage=make_storage(storage_url))
+    first = optuna.load_study(study_name="race", storage=make_storage(storage_url))
+    for _ in range(3):  # queued trials (a retry, a literature start point) are claimed like new ones
+        first.enqueue_trial({})
+    start, made, errors = threading.Barrier(8), [], []
+
+    def worker() -> None:
+        study = optuna.load_study(study_name="race", storage=make_storage(storage_url, heartbeat_interval=1))
+        start.wait()
+        try:
+            for _ in range(4):
+                trial = try_claim(study, budget, beat=lambda tid: None)
+                if trial:
+                    made.append(trial.number)
+        except Exception as e:  # pragma: no cover - shown by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(made) == budget == len(set(made))
+    assert claims(first) == (0, budget)
+    assert len(first.get_trials(states=(TrialState.WAITING,))) == 0  # the queued ones were claimed first
+
+
+def test_a_trial_that_never_beat_is_failed_after_the_grace_period_and_retried(storage_url: str) -> None:
+    """A worker killed between creating its trial and its first heartbeat: the slot is freed, the trial retried."""
+    study = optuna.load_study(
+        study_name=optuna.create_study(storage=make_storage(storage_url)).study_name,
+        storage=make_storage(storage_url, heartbeat_interval=1, grace_period=2),
+    )
+    orphan = study.ask()  # no heartbeat is ever recorded for it
+    orphan.suggest_float("x", 0, 1)
+    heartbeat = Heartbeat(study, lambda: [])
+    heartbeat.reap()
+    assert internals.frozen(study, internals.trial_id(orphan)).state == TrialState.RUNNING  # not before the grace
+    time.sleep(2.2)
+    heartbeat.reap()
+    trials = study.get_trials(deepcopy=False)
+    assert trials[0].state == TrialState.FAIL
+    assert [t.state for t in trials[1:]] == [TrialState.WAITING]  # its retry, same parameters
+    assert trials[1].params == trials[0].params
+
+
+def test_the_heartbeat_thread_recovers_a_dead_workers_trials_within_the_grace(storage_url: str) -> None:
+    """Stale trials are failed from the heartbeat thread, not only between another worker's trials."""
+    url = storage_url
+    name = optuna.create_study(storage=make_storage(url)).study_name
+    dead = optuna.load_study(study_name=name, storage=make_storage(url, heartbeat_interval=1, grace_period=2))
+    for _ in range(3):  # a population worker's members, beaten once, then the worker dies
+        t = dead.ask()
+        dead._storage.record_heartbeat(internals.trial_id(t))
+    alive = optuna.load_study(study_name=name, storage=make_storage(url, heartbeat_interval=1, grace_period=2))
+    began = time.monotonic()
+    with Heartbeat(alive, lambda: []):
+        while claims(alive)[1] and time.monotonic() - began < 15:
+            time.sleep(0.2)
+    assert claims(alive) == (0, 0)
+    assert time.monotonic() - began < 6  # grace 2 s + a beat interval or two, not a trial's length
+
+
+def _lose_first_ack(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Make the first call of an RDB method commit, then fail as a lost connection does."""
+    real = getattr(optuna.storages.RDBStorage, name)
+    calls: list[int] = []
+
+    def flaky(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            raise sa_exc.OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        return result
+
+    monkeypatch.setattr(optuna.storages.RDBStorage, name, flaky)
+    return calls
+
+
+def test_a_create_whose_commit_landed_is_not_sent_twice(storage_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = optuna.create_study(storage=make_storage(storage_url))
+    calls = _lose_first_ack(monkeypatch, "_create_new_trial")
+    trial = study.ask()
+    assert len(calls) == 1  # the retry found the trial the lost commit made
+    assert [t.number for t in study.get_trials(deepcopy=False)] == [trial.number] == [0]
+
+
+def test_an_end_state_that_landed_is_not_written_again(storage_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    study = optuna.create_study(storage=make_storage(storage_url))
+    trial = study.ask()
+    _lose_first_ack(monkeypatch, "set_trial_state_values")
+    study.tell(trial, 0.5)  # no UpdateFinishedTrialError from the retry
+    assert study.get_trials(deepcopy=False)[0].state == TrialState.COMPLETE
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_workers_started_without_an_id_never_repeat_a_trial(pg_url: str, tmp_path: Any, workers: int) -> None:
+    """What ``docker compose up --scale worker=N`` does: N identical ``sweeper worker NAME`` commands."""
+    budget = 12
+    spec = tiny_spec_dict(f"noid{workers}", trials=budget, sampler={"type": "tpe", "n_startup_trials": 10})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    api.create(str(tmp_path / "s.yaml"), storage=pg_url, tracking="")
+    env = {**os.environ, "SWEEPER_STORAGE": pg_url, "MLFLOW_TRACKING_URI": "", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "sweeper.cli", "worker", spec["name"], "--no-progress", "--device", "cpu"]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(workers)]
+    outputs = [p.communicate(timeout=240)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * workers, outputs
+    study = optuna.load_study(study_name=spec["name"], storage=make_storage(pg_url))
+    trials = study.get_trials(deepcopy=False)
+    assert len([t for t in trials if t.state in FINISHED]) == budget
+    assert [t for t in trials if t.state == TrialState.FAIL] == []  # no surplus trial in a fault-free run
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(params) == len(set(params)), "two workers trained the same parameters"
