@@ -15,14 +15,18 @@ from sweeper.training.data import load_dataset, needs_standardizing
 
 
 def test_a_new_study_starts_from_the_literature_recipes_fitted_into_its_space(tmp_path: Any) -> None:
-    spec = parse_spec(tiny_spec_dict("lit", space={"dropout_hidden": [0.1, 0.3], "lr_scale": [1, 20]}))
+    spec = parse_spec(
+        tiny_spec_dict("lit", space={"dropout_hidden": [0.1, 0.3], "lr_scale": [1, 3]}, train={"base_lr": 0.01})
+    )
     record = StudyRecord.create(spec, f"sqlite:///{tmp_path}/s.db")
     queued = record.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
     assert len(queued) == len(LITERATURE)
     first = record.study.ask()  # the sampler takes over only after them
     hp = spec.space.suggest(first, spec.network.n_hidden)
     assert hp.dropout == (0.2, 0.3)  # the recipe's 0.5 clipped into the space's [0.1, 0.3]
-    assert hp.lr_scale == 20 and hp.max_norm == 3.5 and hp.momentum == 0.95 and not hp.batch_norm
+    assert (
+        hp.lr_scale == 3 and hp.max_norm == 3.5
+    )  # lr 0.05 is scale 5 of base_lr 0.01: clipped to 3 and hp.momentum == 0.95 and not hp.batch_norm
     # resuming the study enqueues nothing more
     StudyRecord.create(spec, f"sqlite:///{tmp_path}/s.db")
     assert len(record.study.get_trials(deepcopy=False)) == len(LITERATURE)
@@ -35,7 +39,8 @@ def test_warm_start_none_leaves_the_sampler_alone(tmp_path: Any) -> None:
 
 def test_literature_points_respect_fixed_and_categorical_parameters() -> None:
     spec = parse_spec(tiny_spec_dict("fit", space={"batch_norm": False, "momentum": {"choices": [0.5, 0.99]}}))
-    points = literature_points(spec.space, 1)
+    points = literature_points(spec.space, 1, base_lr=0.001)
+    assert {round(p["lr_scale"]) for p in points} == {50, 100, 10}  # lr 0.05, 0.1, 0.01
     assert all("batch_norm" not in p for p in points)  # fixed: not a parameter at all
     assert {p["momentum"] for p in points} == {0.99}  # the nearest choice to 0.95 and 0.9
     assert len(points) == len({tuple(sorted(p.items())) for p in points})

@@ -6,10 +6,14 @@ CPU each land one per node (SPREAD). The node-loss test kills the worker node, s
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -120,6 +124,140 @@ def pg_tracking() -> Iterator[str]:
     yield from _pg_database()
 
 
+class StartedCluster:
+    """Two Ray nodes started as a user starts them, with the `ray start` CLI, under Ray's token authentication.
+
+    As in the README: the head node's user makes the cluster's token (`ray get-auth-token --generate`, kept
+    in that HOME's ~/.ray/auth_token), so `ray start --head` turns token authentication on by itself (Ray's
+    default once a token exists); the other node joins with RAY_AUTH_MODE=token and RAY_AUTH_TOKEN. Each
+    `ray start` runs in a session of its own (its Ray processes keep that process group), so only these are
+    stopped at the end, never another Ray of this machine. A short temp dir: Ray's socket paths are limited.
+    """
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+        self.groups: list[int] = []
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        head_home, node_home = self.root / "head", self.root / "node"
+        head_home.mkdir()
+        node_home.mkdir()
+        made = self.ray_cli(["get-auth-token", "--generate"], head_home)
+        self.token = made.stdout.strip()
+        assert len(self.token) >= 32, made.stderr
+        common = ["--disable-usage-stats", f"--temp-dir={self.root / 'ray'}"]
+        head_args = ["--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=false", *common]
+        head = self.ray_cli(["start", *head_args], head_home)  # no CPU: every worker runs on the other node
+        assert head.returncode == 0 and "Token authentication is enabled" in head.stderr, head.stderr[-3000:]
+        node_args = [f"--address={self.address}", "--num-cpus=2", *common]
+        node = self.ray_cli(["start", *node_args], node_home, **self.with_token())
+        assert node.returncode == 0, node.stderr[-3000:]
+
+    def with_token(self) -> dict[str, str]:
+        """What the README has every other node and the launching shell export."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+
+    def ray_cli(self, args: list[str], home: Path, **env: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ray")), *args],
+            env={**_env_without_ray_auth(), "HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0", **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group, which the Ray processes it starts keep
+        )
+        self.groups.append(proc.pid)
+        out, err = proc.communicate(timeout=90)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL, to each process of these sessions (Ray workers lead process groups of their own)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _in_sessions(set(self.groups)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+            time.sleep(2.0 if sig == signal.SIGTERM else 0.0)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _in_sessions(sessions: set[int]) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split() if entry.name.isdigit() else []
+        except OSError:  # ended meanwhile
+            continue
+        if len(fields) > 3 and int(fields[3]) in sessions:  # state, ppid, process group, session
+            found.append(int(entry.name))
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env_without_ray_auth() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
+
+
+@pytest.fixture(scope="class")
+def started() -> Iterator[StartedCluster]:
+    cluster = StartedCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+class TestTokenAuthentication:
+    """`ray start --head` of Ray >= 2.52 with a token: a launch without it is refused in one line, with it it runs."""
+
+    def test_without_the_token_one_message_says_what_to_export(self, started: StartedCluster, tmp_path: Path) -> None:
+        path = study_file(tmp_path, "ray-no-token")
+        args = [path, "--ray", started.address, "--storage", "postgresql://u:s3cret@127.0.0.1:1/db"]
+        begin = time.monotonic()
+        r = subprocess.run(
+            [sys.executable, "-m", "sweeper.cli", "launch", *args],
+            env=_env_without_ray_auth(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        out = (r.stdout + r.stderr).strip()
+        assert r.returncode == 2, out
+        assert "token authentication" in out and "RAY_AUTH_MODE=token RAY_AUTH_TOKEN=" in out, out
+        assert "ray get-auth-token" in out and len(out.splitlines()) == 1, out  # one line: no Ray warnings
+        assert "InvalidAuthToken" not in out and "Traceback" not in out and "s3cret" not in out, out
+        assert time.monotonic() - begin < 15  # not Ray's 20 s of retries
+
+    def test_with_the_token_the_study_runs_on_the_cluster(
+        self, started: StartedCluster, pg_url: str, tmp_path: Path
+    ) -> None:
+        path = study_file(tmp_path, "ray-token", trials=3, pruner="none")
+        log = tmp_path / "launch.log"
+        args = [path, "--ray", started.address, "--workers", "2", "--storage", pg_url, "--tracking-uri", ""]
+        with open(log, "wb") as out:
+            r = subprocess.run(
+                [sys.executable, "-m", "sweeper.cli", "launch", *args],
+                env={**_env_without_ray_auth(), **started.with_token()},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+            )
+        text = log.read_text()
+        assert r.returncode == 0, text[-4000:]
+        assert "2 node(s), 2 CPU(s)" in text and "InvalidAuthToken" not in text, text[-4000:]
+        ts = trials(pg_url, "ray-token")
+        assert states(ts) == {"COMPLETE": 3}, states(ts)  # the budget, nothing left RUNNING
+        # the head has no CPU: the node that joined with the token ran them all, its workers authenticated too
+        assert len({where_ran(t, WHERE)["node"] for t in ts}) == 1
+
+
 def test_workers_land_on_both_nodes_and_record_where(
     nodes: TwoNodes, pg_url: str, pg_tracking: str, tmp_path: Path
 ) -> None:
@@ -182,7 +320,9 @@ def test_without_ray_installed_says_how_to_get_it(monkeypatch: pytest.MonkeyPatc
 
 
 def test_sigterm_stops_every_ray_worker_cleanly(nodes: TwoNodes, pg_url: str, pg_tracking: str, tmp_path: Path) -> None:
-    path = study_file(tmp_path, "ray-stop", trials=4, pruner="none", train={"epochs": 300, "batch_size": 16})
+    path = study_file(
+        tmp_path, "ray-stop", trials=4, pruner="none", train={"epochs": 300, "batch_size": 16}, warm_start="none"
+    )  # no queued start points: the only queued trials afterwards are the two stopped ones
     log = tmp_path / "launch.log"
     args = [path, "--ray", nodes.address, "--workers", "2", "--storage", pg_url, "--tracking-uri", pg_tracking]
     proc = launch_process(args, log)

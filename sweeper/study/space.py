@@ -184,16 +184,17 @@ class Space(BaseModel):
 
 #: the dropout literature's starting points (Srivastava et al. 2014, sections 5-6 and appendix A: input
 #: dropout ~0.2, hidden 0.5, max-norm c 3-4, momentum 0.95-0.99, a learning rate 10-100x that of a net
-#: without dropout), plus a lighter-dropout, higher-rate variant and one with batch norm; each value is
+#: without dropout), plus a lighter-dropout, higher-rate variant and one with batch norm; "lr" is the learning
+#: rate itself (the trial's lr_scale is lr / train.base_lr); each value is
 #: fitted into the study's space (clipped to its range, or the nearest choice), so a space that excludes
 #: one still gets a point inside it. "dropout.hidden" stands for every hidden layer.
 LITERATURE: tuple[dict[str, Any], ...] = (
     {"dropout.input": 0.2, "dropout.hidden": 0.5, "max_norm.enabled": True, "max_norm": 3.5, "momentum": 0.95,
-     "lr_scale": 50.0, "weight_decay": 1e-5, "batch_norm": False, "lr_decay": 0.98},
+     "lr": 0.05, "weight_decay": 1e-5, "batch_norm": False, "lr_decay": 0.98},
     {"dropout.input": 0.1, "dropout.hidden": 0.3, "max_norm.enabled": True, "max_norm": 4.0, "momentum": 0.9,
-     "lr_scale": 100.0, "weight_decay": 1e-4, "batch_norm": False, "lr_decay": 0.98},
+     "lr": 0.1, "weight_decay": 1e-4, "batch_norm": False, "lr_decay": 0.98},
     {"dropout.input": 0.0, "dropout.hidden": 0.2, "max_norm.enabled": False, "momentum": 0.9,
-     "lr_scale": 10.0, "weight_decay": 1e-4, "batch_norm": True, "lr_decay": 0.97},
+     "lr": 0.01, "weight_decay": 1e-4, "batch_norm": True, "lr_decay": 0.97},
 )  # fmt: skip
 
 
@@ -201,11 +202,13 @@ class _Recipe(dict[str, Any]):
     """Stands in for a trial to fit a recipe into the space: each answer is the recipe's value, clipped into the
     parameter's range (or its nearest choice); a parameter the recipe does not name gets its lower end."""
 
-    def __init__(self, recipe: dict[str, Any]) -> None:
+    def __init__(self, recipe: dict[str, Any], base_lr: float) -> None:
         super().__init__()
-        self.recipe = recipe
+        self.recipe, self.base_lr = recipe, base_lr
 
     def _wanted(self, name: str) -> Any:
+        if name == "lr_scale":
+            return self.recipe["lr"] / self.base_lr
         return self.recipe.get("dropout.hidden" if name.startswith("dropout.hidden_") else name)
 
     def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
@@ -224,11 +227,11 @@ class _Recipe(dict[str, Any]):
         return self[name]
 
 
-def literature_points(space: Space, n_hidden: int) -> list[dict[str, Any]]:
+def literature_points(space: Space, n_hidden: int, base_lr: float) -> list[dict[str, Any]]:
     """The literature's recipes as parameter sets of ``space`` (duplicates dropped), to enqueue as the first trials."""
     points: list[dict[str, Any]] = []
     for recipe in LITERATURE:
-        fitted = _Recipe(recipe)
+        fitted = _Recipe(recipe, base_lr)
         space.suggest(cast(optuna.Trial, fitted), n_hidden)
         if fitted and dict(fitted) not in points:
             points.append(dict(fitted))

@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from types import ModuleType
 from typing import Any
 
-from sweeper.errors import SpecError, StudyError
-from sweeper.study.storage import mask_url
+from sweeper.errors import SpecError
+from sweeper.study.urls import mask_url
+from sweeper.workers.ray_cluster import check_resources, first_line, init
 
 log = logging.getLogger("sweeper")
 
 RETRIES = 3  # re-runs of a worker whose node or process was lost (Ray's own default for tasks)
 STOP_GRACE_S = 60.0  # after Ctrl-C / SIGTERM: how long workers get to queue their trials again
-LOCAL = ("", "local")  # --ray with no address: start a Ray for this machine, stopped at the end
 _FORWARDED = ("SWEEPER_", "MLFLOW_")  # settings (heartbeat, retries, MLflow client) the workers read
 _URLS = ("SWEEPER_STORAGE", "MLFLOW_TRACKING_URI")  # passed as task arguments instead
 
@@ -37,19 +36,6 @@ def import_ray() -> ModuleType:
     except ImportError:
         raise SpecError("--ray needs Ray, an optional extra: pip install 'sweeper[ray]'") from None
     return ray
-
-
-def check_resources(workers: int, cpus: float, gpus: float) -> None:
-    """What one worker asks Ray for, checked before anything starts (Ray's own rules for quantities)."""
-    if workers < 1:
-        raise SpecError(f"--workers must be >= 1, but got {workers}")
-    for name, value, low in (("--cpus-per-worker", cpus, "> 0"), ("--gpus-per-worker", gpus, ">= 0")):
-        if value < 0 or (value == 0 and name == "--cpus-per-worker"):
-            raise SpecError(f"{name} must be {low}, but got {value:g}")
-        if value > 1 and value != int(value):
-            raise SpecError(
-                f"{name} above 1 must be a whole number (Ray shares only fractions of one), but got {value:g}"
-            )
 
 
 class RayWorkers:
@@ -73,7 +59,7 @@ class RayWorkers:
         address = (address or "").strip()
         owned = not ray.is_initialized()  # a caller's own connection is left as it is
         if owned:
-            _init(ray, address)
+            init(ray, address)  # with the checks of sweeper.workers.ray_cluster: reachable, token accepted
         self = cls(ray, address or "local", owned, {"num_cpus": cpus, "num_gpus": gpus})
         try:
             self._check(storage, tracking, workers, cpus, gpus)
@@ -206,9 +192,9 @@ class RayWorkers:
             return 0
         except exc.RayTaskError as e:  # the worker raised: show why, in one line
             cause = e.cause if isinstance(e.cause, BaseException) else e
-            log.warning("Ray worker %d failed: %s: %s", worker_id, type(cause).__name__, _first_line(cause))
+            log.warning("Ray worker %d failed: %s: %s", worker_id, type(cause).__name__, first_line(cause))
         except exc.RayError as e:  # lost more often than it could be re-run
-            log.warning("Ray worker %d was lost: %s", worker_id, _first_line(e))
+            log.warning("Ray worker %d was lost: %s", worker_id, first_line(e))
         return 0
 
     # -- close -----------------------------------------------------------------------------------------
@@ -279,41 +265,6 @@ class _StudyProgress:
         self.bar.close()
 
 
-def _init(ray: ModuleType, address: str) -> None:
-    """``ray.init``: a new local Ray for ``''``/``local``, else the cluster at ``address``."""
-    quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address in LOCAL:
-        log.info("starting a local Ray for this machine")
-        ray.init(address="local", include_dashboard=False, **quiet)
-        return
-    if address != "auto":
-        _probe(address)
-    try:
-        ray.init(address=address, **quiet)
-    except ConnectionError as e:
-        raise StudyError(
-            f"cannot reach a Ray cluster at --ray {address!r} ({_first_line(e)}); start one with 'ray start --head' "
-            "or give its address: auto, host:6379 or ray://host:10001"
-        ) from None
-    except ValueError as e:  # a malformed address, or ray:// without Ray's client
-        raise SpecError(f"--ray {address!r}: {_first_line(e)}") from None
-
-
-def _probe(address: str, timeout: float = 5.0) -> None:
-    """Fail fast on a host:port that does not answer (``ray.init`` would retry for about a minute)."""
-    hostport = address.removeprefix("ray://").rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        return  # not host:port: ray.init says what is wrong with it
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as e:
-        raise StudyError(
-            f"cannot reach a Ray cluster at --ray {address!r} ({e.strerror or e}); check that 'ray start --head' "
-            "runs there and the port is open, or use --ray auto on a node of the cluster"
-        ) from None
-
-
 def _absolute(url: str) -> str:
     """An SQLite URL with its file made absolute: a Ray worker's working folder is not the launch folder."""
     if not url.startswith("sqlite"):
@@ -333,11 +284,6 @@ def _has(node: dict[str, Any], resource: str, amount: float) -> bool:
 def _asks(resources: dict[str, float]) -> str:
     gpus = resources["num_gpus"]
     return f"{resources['num_cpus']:g} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus else ", no GPU")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 __all__ = ["RETRIES", "RayWorkers", "check_resources", "import_ray", "sweeper_worker"]
