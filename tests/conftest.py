@@ -25,6 +25,9 @@ def tiny_spec_dict(name: str = "tiny", **overrides: Any) -> dict[str, Any]:
         "data": {"dataset": "digits"},
         "network": {"hidden": [32]},
         "train": {"epochs": 2, "batch_size": 64, "base_lr": 0.01, "device": "cpu"},
+        # the sampler alone, as these tests were written for; tests/test_defaults.py and test_budget.py's
+        # scaled workers run the default literature start points
+        "warm_start": "none",
     }
     for k, v in overrides.items():
         d[k] = {**d[k], **v} if isinstance(v, dict) and isinstance(d.get(k), dict) else v

@@ -134,7 +134,9 @@ def test_an_end_state_that_landed_is_not_written_again(storage_url: str, monkeyp
 def test_workers_started_without_an_id_never_repeat_a_trial(pg_url: str, tmp_path: Any, workers: int) -> None:
     """What ``docker compose up --scale worker=N`` does: N identical ``sweeper worker NAME`` commands."""
     budget = 12
-    spec = tiny_spec_dict(f"noid{workers}", trials=budget, sampler={"type": "tpe", "n_startup_trials": 10})
+    spec = tiny_spec_dict(
+        f"noid{workers}", trials=budget, sampler={"type": "tpe", "n_startup_trials": 10}, warm_start="literature"
+    )  # queued start points and the sampler's own, shared by the workers
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
     api.create(str(tmp_path / "s.yaml"), storage=pg_url, tracking="")
     env = {**os.environ, "SWEEPER_STORAGE": pg_url, "MLFLOW_TRACKING_URI": "", "OMP_NUM_THREADS": "1"}

@@ -16,7 +16,12 @@ from sweeper.training.data import load_dataset, needs_standardizing
 
 def test_a_new_study_starts_from_the_literature_recipes_fitted_into_its_space(tmp_path: Any) -> None:
     spec = parse_spec(
-        tiny_spec_dict("lit", space={"dropout_hidden": [0.1, 0.3], "lr_scale": [1, 3]}, train={"base_lr": 0.01})
+        tiny_spec_dict(
+            "lit",
+            space={"dropout_hidden": [0.1, 0.3], "lr_scale": [1, 3]},
+            train={"base_lr": 0.01},
+            warm_start="literature",
+        )
     )
     record = StudyRecord.create(spec, f"sqlite:///{tmp_path}/s.db")
     queued = record.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
@@ -27,13 +32,16 @@ def test_a_new_study_starts_from_the_literature_recipes_fitted_into_its_space(tm
     assert (
         hp.lr_scale == 3 and hp.max_norm == 3.5
     )  # lr 0.05 is scale 5 of base_lr 0.01: clipped to 3 and hp.momentum == 0.95 and not hp.batch_norm
-    # resuming the study enqueues nothing more
+    # resuming the study enqueues nothing more; a budget smaller than the recipes takes only as many
+    short = parse_spec(tiny_spec_dict("short", trials=1, warm_start="literature"))
+    assert len(StudyRecord.create(short, f"sqlite:///{tmp_path}/s.db").study.get_trials()) == 1
     StudyRecord.create(spec, f"sqlite:///{tmp_path}/s.db")
     assert len(record.study.get_trials(deepcopy=False)) == len(LITERATURE)
 
 
 def test_warm_start_none_leaves_the_sampler_alone(tmp_path: Any) -> None:
     spec = parse_spec(tiny_spec_dict("cold", warm_start="none"))
+    assert parse_spec({"name": "default"}).warm_start == "literature"
     assert StudyRecord.create(spec, f"sqlite:///{tmp_path}/s.db").study.get_trials() == []
 
 

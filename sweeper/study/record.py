@@ -93,7 +93,8 @@ class StudyRecord:
         study.set_user_attr(_SPEC, spec.to_dict())
         study.set_user_attr(_BUDGET, trials or spec.trials)
         if new and spec.warm_start == "literature":  # the first trials: the literature's recipes, then the sampler
-            for params in literature_points(spec.space, spec.network.n_hidden, spec.train.base_lr):
+            points = literature_points(spec.space, spec.network.n_hidden, spec.train.base_lr)
+            for params in points[: trials or spec.trials]:  # never more than the budget: none left waiting
                 study.enqueue_trial(params, user_attrs={_START: "literature"})
         if study.metric_names != [spec.metric]:  # optuna-dashboard shows "val_accuracy", not "Objective 0"
             with warnings.catch_warnings():  # experimental since Optuna 3.2, in use since: on purpose

@@ -23,6 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.study import optuna_internals as internals
 from sweeper.study.record import retry_copy
 
 REPEAT_S = 2.0
@@ -73,7 +74,7 @@ def requeue(study: optuna.Study, trial_id: int) -> FrozenTrial:
     The retry is the one Optuna gives a heartbeat-stale trial: same parameters, ``failed_trial`` and
     ``retry_history`` system attributes, at most 3 retries.
     """
-    frozen = study._storage.get_trial(trial_id)
+    frozen = internals.frozen(study, trial_id)
     if frozen.state == TrialState.FAIL:
         retry = retry_copy(frozen)
         with warnings.catch_warnings():  # experimental since 2.8, the one retry API Optuna 5 keeps
