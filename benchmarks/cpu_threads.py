@@ -28,9 +28,9 @@ from pathlib import Path
 import optuna
 
 from sweeper import api
+from sweeper.launchers.local import cpu_cores, run_workers
 from sweeper.study.record import StudyRecord
 from sweeper.study.spec import load_spec, parse_spec
-from sweeper.workers.local import cpu_cores, run_workers
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "mnist1d_mlp.yaml"
 FIXED = {  # mid-range values of the main study's space: every trial trains the same way

@@ -3,8 +3,8 @@
     python benchmarks/ray_vs_local.py [--workers 2] [--trials 24] [--epochs 2] [--repeats 2] [--storage URL]
 
 Each repeat creates the same seeded study twice (fresh study names) and runs it to its budget once
-with ``sweeper.workers.local`` (N ``sweeper worker`` processes) and once with
-``sweeper.workers.ray_launcher`` (N Ray tasks on a local Ray, 1 CPU each), alternating the order so
+with ``sweeper.launchers.local`` (N ``sweeper worker`` processes) and once with
+``sweeper.launchers.ray`` (N Ray tasks on a local Ray, 1 CPU each), alternating the order so
 background load hits both alike. The worker phase is timed from the workers' start to the budget;
 starting Ray itself is timed apart (``--ray auto`` on a running cluster skips it). Each Ray run is a
 new Ray job, as each ``sweeper launch`` is, so its worker processes start cold like local ones. Tiny trials
@@ -24,10 +24,10 @@ import uuid
 from pathlib import Path
 
 from sweeper import api
+from sweeper.launchers.local import run_workers
+from sweeper.launchers.ray import RayWorkers
 from sweeper.study.record import StudyRecord
 from sweeper.study.spec import parse_spec
-from sweeper.workers.local import run_workers
-from sweeper.workers.ray_launcher import RayWorkers
 
 
 def spec_dict(name: str, args: argparse.Namespace) -> dict:

@@ -95,7 +95,7 @@ def run_sweeper(study_file: Path, trials: int, workdir: Path) -> Record:
     cpu, wall = time.process_time() - start - seen["excluded"], time.perf_counter() - wall
     name = spec["name"]
     api.score_best_on_test(name, tracking="", storage=url)  # retrains the best trial: not in the budget
-    rep = api.report(name, url)
+    rep = api.report(name, storage=url)
     assert rep.test is not None, f"sweeper did not score its best trial: {rep}"
     ours = selected(records)
     return {

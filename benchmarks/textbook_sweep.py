@@ -155,7 +155,7 @@ def run_sweeper(seed: int, trials: int | None, workdir: str) -> dict[str, object
     assert spec.data.dataset == "mnist1d_standard" and spec.data.val_fraction == VAL_FRACTION
     url = f"sqlite:///{workdir}/sweeper-{seed}.db"
     cpu, wall = time.process_time(), time.perf_counter()
-    rep = api.launch(spec, trials, storage=url, tracking="", score_test=False)
+    rep = api.launch(spec, trials=trials, storage=url, tracking="", score_test=False)
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     finished = rep.counts.get("complete", 0) + rep.counts.get("pruned", 0)
     assert finished == rep.budget, f"sweeper stopped early: {rep.counts} of budget {rep.budget}"

@@ -9,22 +9,25 @@ from typing import Any
 import optuna
 
 from sweeper.errors import SpecError
+from sweeper.launchers.local import set_threads, threads_for_a_while, threads_per_worker
 from sweeper.study.record import StudyRecord, StudyReport, n_finished, sweeper_study_names
 from sweeper.study.spec import StudySpec, load_spec
 from sweeper.study.urls import mask_url, storage_url, tracking_uri
-from sweeper.workers.local import set_threads, threads_for_a_while, threads_per_worker
 
 log = logging.getLogger("sweeper")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def create_study(spec: StudySpec, storage: str, trials: int | None = None, allow_changed: bool = False) -> optuna.Study:
+def create_study(
+    spec: StudySpec, storage: str, *, trials: int | None = None, allow_changed: bool = False
+) -> optuna.Study:
     """Create the study with its spec stored in it, or check an existing one's spec and resume it."""
     return StudyRecord.create(spec, storage, trials, allow_changed).study
 
 
 def launch(
     study_file: str | Path | StudySpec,
+    *,
     trials: int | None = None,
     storage: str | None = None,
     tracking: str | None = None,
@@ -41,10 +44,10 @@ def launch(
 ) -> StudyReport:
     """Create or resume a study from a study file, run it to its budget, and score the best trial on test.
 
-    With ``workers > 1`` (or ``gpus``) the trials run in that many worker processes (``sweeper.workers.local``).
+    With ``workers > 1`` (or ``gpus``) the trials run in that many worker processes (``sweeper.launchers.local``).
     With ``ray`` (a ``ray.init`` address: ``auto``, ``host:6379``, ``ray://host:10001``, or ``''``/``local``
     for a Ray started here) they run as Ray tasks, each asking for ``cpus_per_worker`` (default 1) and
-    ``gpus_per_worker`` (default 0; fractions share a GPU) (``sweeper.workers.ray_launcher``).
+    ``gpus_per_worker`` (default 0; fractions share a GPU) (``sweeper.launchers.ray``).
 
     ``population`` trains that many trials at once, stacked on one device (default: the study file's
     ``train.population``, 1 unless set). ``threads``: torch threads per worker (default: worker processes
@@ -52,7 +55,7 @@ def launch(
     """
     _check_population(population)
     if ray is not None:  # Ray places the workers; its cluster is checked before the study exists
-        from sweeper.workers.ray_launcher import RayWorkers
+        from sweeper.launchers.ray import RayWorkers
 
         if gpus is not None:
             raise SpecError(f"--gpus {gpus!r} picks this machine's GPUs; with --ray, use --gpus-per-worker")
@@ -61,33 +64,33 @@ def launch(
         url, uri = storage_url(storage), tracking_uri(tracking)
         cpus = 1.0 if cpus_per_worker is None else cpus_per_worker
         with RayWorkers.connect(ray, url, uri, workers, cpus, gpus_per_worker or 0.0) as cluster:
-            create(spec, trials, storage, tracking, allow_changed)
+            create(spec, trials=trials, storage=storage, tracking=tracking, allow_changed=allow_changed)
             cluster.run(spec.name, url, uri, workers, population, threads, progress)
-        return finish(spec.name, url, uri, score_test, threads=threads)
+        return finish(spec.name, storage=url, tracking=uri, score_test=score_test, threads=threads)
     if cpus_per_worker is not None or gpus_per_worker is not None:
         raise SpecError("--cpus-per-worker and --gpus-per-worker ask Ray for resources: add --ray (e.g. --ray auto)")
     if workers > 1 or gpus is not None:
-        from sweeper.workers.local import parse_gpus
+        from sweeper.launchers.local import parse_gpus
 
         threads_per_worker(workers, threads)  # a bad --threads or --gpus stops us before the study exists
         parse_gpus(gpus)
     else:
         set_threads(threads)  # trials train in this process
-    spec = create(study_file, trials, storage, tracking, allow_changed)
+    spec = create(study_file, trials=trials, storage=storage, tracking=tracking, allow_changed=allow_changed)
     url, uri = storage_url(storage), tracking_uri(tracking)
     if workers > 1 or gpus is not None:
-        from sweeper.workers.local import run_workers
+        from sweeper.launchers.local import run_workers
 
         run_workers(spec.name, url, uri, workers, gpus, population=population, threads=threads)
     else:
         from sweeper.workers.worker import run_worker
 
         run_worker(spec.name, url, uri, progress=progress, population=population, reproducible=True)
-    return finish(spec.name, url, uri, score_test, threads=threads)
+    return finish(spec.name, storage=url, tracking=uri, score_test=score_test, threads=threads)
 
 
 def finish(
-    study_name: str, storage: str, tracking: str | None, score_test: bool = True, *, threads: int | None = None
+    study_name: str, *, storage: str, tracking: str | None, score_test: bool = True, threads: int | None = None
 ) -> StudyReport:
     """After the workers: the study's dashboard in MLflow, the test score once the budget is met, the report.
 
@@ -104,12 +107,13 @@ def _finish(study_name: str, storage: str, tracking: str | None, score_test: boo
     _log_dashboard(record, tracking)
     # stopped early (Ctrl-C, SIGTERM): the test split is scored once, when the study is done
     if score_test and record.done:
-        score_best_on_test(record, tracking)
+        score_best_on_test(record, tracking=tracking)
     return record.report()
 
 
 def create(
     study_file: str | Path | StudySpec,
+    *,
     trials: int | None = None,
     storage: str | None = None,
     tracking: str | None = None,
@@ -157,7 +161,7 @@ def _preflight(spec: StudySpec) -> None:
 
 
 def score_best_on_test(
-    record: StudyRecord | str, tracking: str | None = None, storage: str | None = None
+    record: StudyRecord | str, *, tracking: str | None = None, storage: str | None = None
 ) -> dict[str, Any] | None:
     """Score the best trial's network once on the test split, and log it as the study's best model.
 
@@ -224,17 +228,18 @@ def _best_network(record: StudyRecord, best: optuna.trial.FrozenTrial, data: Any
     return model, "retrained"
 
 
-def report(study_name: str, storage: str | None = None) -> StudyReport:
+def report(study_name: str, *, storage: str | None = None) -> StudyReport:
     return StudyRecord.open(study_name, storage_url(storage)).report()
 
 
-def list_studies(storage: str | None = None) -> list[StudyReport]:
+def list_studies(*, storage: str | None = None) -> list[StudyReport]:
     url = storage_url(storage)
-    return [report(name, url) for name in sweeper_study_names(url)]
+    return [report(name, storage=url) for name in sweeper_study_names(url)]
 
 
 def join(
     study_name: str,
+    *,
     storage: str | None = None,
     tracking: str | None = None,
     progress: bool = False,

@@ -2,85 +2,24 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from typing import Any
 
 import click
 
-from sweeper.errors import SweeperError
-
-
-class UserError(click.ClickException):
-    """A user's mistake: message, exit code 2, no traceback."""
-
-    exit_code = 2
-
-
-def _errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except SweeperError as e:
-            raise UserError(str(e)) from None
-        except Exception as e:  # e.g. the study database gave out inside Optuna, which raised its own error
-            cause = _sweeper_cause(e)
-            if cause is None:
-                raise
-            raise UserError(str(cause)) from None
-
-    return wrapper
-
-
-def _sweeper_cause(e: BaseException | None) -> SweeperError | None:
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, SweeperError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
-
-
-storage_opt = click.option(
-    "--storage", envvar="SWEEPER_STORAGE", help="Study database URL [default: sqlite:///sweeper.db]."
+from sweeper.cli_options import (
+    UserError,
+    configure_logging,
+    errors,
+    population_opt,
+    storage_opt,
+    study_file_opts,
+    threads_opt,
+    tracking_opt,
 )
-tracking_opt = click.option(
-    "--tracking-uri",
-    envvar="MLFLOW_TRACKING_URI",
-    help="MLflow tracking URI [default: sqlite:///mlflow.db]; '' turns tracking off.",
-)
-threads_opt = click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    help="torch (OpenMP/MKL) threads per worker [default: launch --workers N gives each worker cores/N; "
-    "otherwise OMP_NUM_THREADS or every core].",
-)
-population_opt = click.option(
-    "--population",
-    type=click.IntRange(min=1),
-    help="Train this many trials at once, stacked on one device (built-in mlp) [default: train.population, 1].",
-)
-
-
-def study_file_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """STUDY_FILE and the options of a command that creates or resumes the study in it."""
-    for opt in reversed(
-        [
-            click.argument("study_file", type=click.Path(dir_okay=False)),
-            click.option("--trials", type=click.IntRange(min=1), help="Budget of finished trials (overrides file)."),
-            storage_opt,
-            tracking_opt,
-            click.option("--allow-changed-spec", is_flag=True, help="Resume a study even if its study file changed."),
-        ]
-    ):
-        fn = opt(fn)
-    return fn
 
 
 @click.group()
@@ -88,26 +27,7 @@ def study_file_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("-v", "--verbose", is_flag=True, help="Also show MLflow's and Optuna's own messages.")
 def main(verbose: bool) -> None:
     """Regularization sweeps (dropout, L2/L1, momentum, lr scale, max-norm) for PyTorch networks."""
-    _configure_logging(verbose)
-
-
-class _Echo(logging.Handler):
-    """sweeper's messages as plain lines on stderr (looked up at each message, so CliRunner captures them)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = record.getMessage()
-        click.echo(f"warning: {text}" if record.levelno >= logging.WARNING else text, err=True)
-
-
-def _configure_logging(verbose: bool) -> None:
-    """sweeper says what it is doing on stderr; MLflow's own INFO lines only with --verbose."""
-    logger = logging.getLogger("sweeper")
-    if not any(isinstance(h, _Echo) for h in logger.handlers):
-        logger.addHandler(_Echo())
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not verbose:  # read by MLflow (here and in every worker process started from here)
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a "View run" line per trial
+    configure_logging(verbose)
 
 
 @main.command()
@@ -141,7 +61,7 @@ def _configure_logging(verbose: bool) -> None:
     type=click.FloatRange(min=0),
     help="With --ray: GPUs for each worker, e.g. 1, or 0.25 for four workers per GPU [default: 0, the CPU].",
 )
-@_errors
+@errors
 def launch(
     study_file: str,
     trials: int | None,
@@ -161,10 +81,10 @@ def launch(
 
     rep = api.launch(
         study_file,
-        trials,
-        storage,
-        tracking_uri,
-        allow_changed_spec,
+        trials=trials,
+        storage=storage,
+        tracking=tracking_uri,
+        allow_changed=allow_changed_spec,
         progress=True,
         population=population,
         workers=workers,
@@ -179,14 +99,16 @@ def launch(
 
 @main.command()
 @study_file_opts
-@_errors
+@errors
 def create(
     study_file: str, trials: int | None, storage: str | None, tracking_uri: str | None, allow_changed_spec: bool
 ) -> None:
     """Create (or resume) the study in STUDY_FILE without running trials; workers join it by name."""
     from sweeper import api
 
-    spec = api.create(study_file, trials, storage, tracking_uri, allow_changed_spec)
+    spec = api.create(
+        study_file, trials=trials, storage=storage, tracking=tracking_uri, allow_changed=allow_changed_spec
+    )
     click.echo(f"study {spec.name!r} ready: start workers with 'sweeper worker {spec.name}'")
 
 
@@ -200,12 +122,12 @@ def create(
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="This worker's number: seeds its sampler and tags its trials.",
+    help="A label for this worker's trials (the 'worker' attribute and MLflow tag); each worker seeds its own sampler.",
 )
 @click.option("--device", help="cpu | cuda | cuda:N [default: the study file's train.device].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @threads_opt
-@_errors
+@errors
 def worker(
     study_name: str,
     storage: str | None,
@@ -221,8 +143,8 @@ def worker(
 
     n = api.join(
         study_name,
-        storage,
-        tracking_uri,
+        storage=storage,
+        tracking=tracking_uri,
         progress=progress,
         population=population,
         worker_id=worker_id,
@@ -235,12 +157,12 @@ def worker(
 @main.command()
 @click.argument("study_name", required=False)
 @storage_opt
-@_errors
+@errors
 def status(study_name: str | None, storage: str | None) -> None:
     """Trials by state and the best value, for one study or all."""
     from sweeper import api
 
-    reps = [api.report(study_name, storage)] if study_name else api.list_studies(storage)
+    reps = [api.report(study_name, storage=storage)] if study_name else api.list_studies(storage=storage)
     if not reps:
         click.echo("no studies yet: start one with 'sweeper launch studies/mnist1d_mlp.yaml'")
     for rep in reps:
@@ -251,12 +173,12 @@ def status(study_name: str | None, storage: str | None) -> None:
 @click.argument("study_name")
 @storage_opt
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@_errors
+@errors
 def best(study_name: str, storage: str | None, as_json: bool) -> None:
     """The best trial's parameters, value and test score."""
     from sweeper import api
 
-    rep = api.report(study_name, storage)
+    rep = api.report(study_name, storage=storage)
     if rep.best_trial is None:
         raise UserError(f"study {study_name!r} has no completed trial yet")
     out = {
@@ -279,7 +201,7 @@ def best(study_name: str, storage: str | None, as_json: bool) -> None:
 @main.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @click.option("--epochs", type=click.IntRange(min=2), default=5, show_default=True)
-@_errors
+@errors
 def check(study_file: str, epochs: int) -> None:
     """Train briefly with dropout off and confirm the training loss goes down steadily."""
     from sweeper.study.spec import load_spec
@@ -301,7 +223,7 @@ def check(study_file: str, epochs: int) -> None:
     help="Host headers the UI answers besides localhost and private IPs, "
     "e.g. 'mlflow.example.com' when it is reached by name through a proxy (MLflow's DNS-rebinding guard).",
 )
-@_errors
+@errors
 def ui(study_name: str | None, tracking_uri: str | None, host: str, port: int, allowed_hosts: str | None) -> None:
     """Start the MLflow dashboard on the tracking store (Ctrl-C stops it)."""
     from sweeper.study.urls import mask_url

@@ -139,8 +139,8 @@ def test_create_then_worker(study_file: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     from sweeper import api
 
-    rep = api.report("tiny", db)
+    rep = api.report("tiny", storage=db)
     assert rep.budget == 1 and sum(rep.counts.values()) == 0
     result = run("worker", "tiny", "--storage", db, "--tracking-uri", "", "--no-progress")
     assert result.exit_code == 0, result.output
-    assert api.report("tiny", db).counts["complete"] + api.report("tiny", db).counts["pruned"] == 1
+    assert api.report("tiny", storage=db).counts["complete"] + api.report("tiny", storage=db).counts["pruned"] == 1

@@ -22,9 +22,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from conftest import PG_ADMIN, tiny_spec_dict
 from sweeper import api
+from sweeper.launchers.local import start_workers, worker_env
 from sweeper.study.spec import parse_spec
 from sweeper.study.storage import make_storage
-from sweeper.workers.local import start_workers, worker_env
 from sweeper.workers.worker import run_worker
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -311,7 +311,9 @@ def test_worker_and_launch_wait_for_a_database_that_is_not_up_yet(
     _pg_ctl("stop")
     proc = _worker("early", log, pg_db, "")
     try:
-        finish = threading.Thread(target=lambda: reports.append(api.finish("early", pg_db, "", score_test=False)))
+        finish = threading.Thread(
+            target=lambda: reports.append(api.finish("early", storage=pg_db, tracking="", score_test=False))
+        )
         finish.start()
         _wait_for("the worker saying what it waits for", lambda: "unreachable" in log.read_text(), timeout=180)
         assert proc.poll() is None and finish.is_alive()

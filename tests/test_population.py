@@ -271,7 +271,7 @@ def test_two_population_workers_share_the_budget_exactly(pg_url: str) -> None:
     from sweeper.workers.worker import run_worker
 
     spec = parse_spec(tiny_spec_dict("two", trials=5, train={"epochs": 1}))
-    api.create(spec, 5, pg_url, "")
+    api.create(spec, trials=5, storage=pg_url, tracking="")
     ran: list[int] = []
     workers = [
         threading.Thread(target=lambda i=i: ran.append(run_worker("two", pg_url, None, worker_id=i, population=3)))
@@ -294,7 +294,7 @@ def test_a_crash_fails_the_running_members_and_leaves_none_running(tmp_path: Pat
 
     url = f"sqlite:///{tmp_path}/crash.db"
     spec = parse_spec(tiny_spec_dict("crash", trials=4))
-    api.create(spec, 4, url, "")
+    api.create(spec, trials=4, storage=url, tracking="")
     record = StudyRecord.open("crash", url)
     study, spec = record.study, record.spec
 

@@ -16,11 +16,11 @@ from conftest import tiny_spec_dict
 from sweeper import api
 from sweeper.cli import main
 from sweeper.errors import SpecError
+from sweeper.launchers.local import parse_gpus, run_workers, warn_sqlite
 from sweeper.study.spec import parse_spec
 from sweeper.study.storage import make_storage
 from sweeper.study.urls import normalize_url
 from sweeper.workers.budget import claims
-from sweeper.workers.local import parse_gpus, run_workers, warn_sqlite
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -90,7 +90,7 @@ def test_four_workers_share_one_budget_on_postgresql(pg_url: str, mlflow_server:
 def test_launch_with_workers_on_sqlite_warns_and_meets_budget(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import yaml
 
-    from sweeper.workers import local
+    from sweeper.launchers import local
 
     monkeypatch.setattr(local, "_warned", set())  # said once per process: an earlier test may have said it
 
@@ -106,7 +106,7 @@ def test_launch_with_workers_on_sqlite_warns_and_meets_budget(tmp_path: Any, mon
 
 
 def test_sqlite_warning_is_printed_once(capsys: pytest.CaptureFixture[str]) -> None:
-    from sweeper.workers import local as launcher
+    from sweeper.launchers import local as launcher
 
     launcher._warned.clear()
     warn_sqlite("sqlite:///a.db", 3)

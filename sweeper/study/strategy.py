@@ -40,9 +40,9 @@ def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     p = spec.pruner
     if p.type == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.warmup_epochs)
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.warmup_epochs or 0)
     if p.type == "asha":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, p.warmup_epochs))
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, p.warmup_epochs or 0))
     if p.type == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=max(1, p.warmup_epochs), max_resource=spec.train.epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, p.warmup_epochs or 0), max_resource=spec.train.epochs)
     return optuna.pruners.NopPruner()

@@ -14,7 +14,7 @@ import tempfile
 from typing import Any
 
 from sweeper.tracking.client import client_for
-from sweeper.tracking.tracker import WEIGHTS_DIR, WEIGHTS_FILE
+from sweeper.tracking.outbox import WEIGHTS_DIR, WEIGHTS_FILE
 
 log = logging.getLogger("sweeper.tracking")
 

@@ -11,6 +11,7 @@ import urllib.parse
 import urllib.request
 
 from sweeper.errors import SpecError
+from sweeper.signals import interrupt, on_stop_signals
 from sweeper.study.urls import mask_url
 
 
@@ -132,14 +133,10 @@ def stop_server(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
 def serve_forever(proc: subprocess.Popen[bytes]) -> None:
     """Wait for the server; Ctrl-C or SIGTERM stops it and its children."""
 
-    def _term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _term)
     try:
-        proc.wait()
+        with on_stop_signals(interrupt):
+            proc.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
         stop_server(proc)

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from sweeper.errors import DivergedError
-from sweeper.study.record import set_end_reason, set_lr
 from sweeper.study.space import Hparams
 from sweeper.study.spec import StudySpec
 from sweeper.training.data import Dataset, load_dataset
@@ -39,8 +38,14 @@ def prepare_data(spec: StudySpec, device: torch.device | str | None = None) -> D
     return load_dataset(spec.data, spec.seed, spec.base_dir).to(device or resolve_device(spec.train.device))
 
 
+class Diverged(optuna.TrialPruned):
+    """A trial whose loss stopped being finite: pruned (its region of the space says something), with why."""
+
+
 class Objective:
     """``objective(trial) -> float``: trains one network and returns ``spec.metric`` on validation.
+
+    It only computes: what a trial records (its learning rate, why it ended) is written by the worker.
 
     ``hooks`` see every epoch's metrics (tracking lives there, at the edge); pruning is decided
     by the study's pruner from what is reported here. ``on_step`` runs after every training step
@@ -52,10 +57,11 @@ class Objective:
     ) -> None:
         self.spec, self.data, self.hooks, self.on_step = spec, data, list(hooks), on_step
         self.model: nn.Module | None = None  # the last trial's trained network (the worker may keep it)
+        self.lr: float | None = None  # the last trial's learning rate (the worker records it)
 
     def __call__(self, trial: optuna.Trial) -> float:
         hp = self.spec.space.suggest(trial, self.spec.network.n_hidden)
-        set_lr(trial, self.spec.train.base_lr * hp.lr_scale)
+        self.lr = self.spec.train.base_lr * hp.lr_scale
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             trial.report(metrics[self.spec.metric], epoch)
@@ -71,6 +77,5 @@ class Objective:
             )
         except DivergedError as e:
             # a diverged trial says something about its region of the space: keep it as pruned, with why
-            set_end_reason(trial, str(e))
-            raise optuna.TrialPruned(str(e)) from None
+            raise Diverged(str(e)) from None
         return metrics[self.spec.metric]

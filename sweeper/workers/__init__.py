@@ -1,1 +1,1 @@
-"""Run workers: the trial loop, its shared budget and clean stop, and the launchers that start workers."""
+"""Run workers: the trial loop every worker follows, its shared budget, heartbeat and clean stop."""

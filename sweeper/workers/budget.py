@@ -35,8 +35,9 @@ def claims(study: optuna.Study) -> tuple[int, int]:
     return finished, running
 
 
-def try_claim(study: optuna.Study, budget: int, beat: Beat) -> optuna.Trial | None | bool:
-    """A new trial if a slot is free; ``None`` if the budget is met; ``False`` if every free slot is claimed.
+def try_claim(study: optuna.Study, budget: int, beat: Beat) -> optuna.Trial | None:
+    """A new trial in a free slot of the budget; None when there is none (the budget is met, or every free
+    slot is claimed by a running trial).
 
     ``beat(trial_id)`` records the trial's first heartbeat while the lock is held, so no other worker
     ever sees it without one (see ``sweeper.workers.heartbeat``).
@@ -45,10 +46,8 @@ def try_claim(study: optuna.Study, budget: int, beat: Beat) -> optuna.Trial | No
 
     with study_lock(study):
         finished, running = claims(study)
-        if finished >= budget:
-            return None
         if finished + running >= budget:
-            return False
+            return None
         with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
             warnings.simplefilter("ignore", UserWarning)
             trial = study.ask()
@@ -66,9 +65,9 @@ def claim(
     """
     while not stop():
         trial = try_claim(study, budget, beat)
-        if trial is None:
-            return None
-        if trial is not False:
+        if trial is not None:
             return trial
+        if claims(study)[0] >= budget:
+            return None
         time.sleep(poll)
     return None

@@ -69,13 +69,13 @@ class PopulationRunner:
     def _refill(self, trial: optuna.Trial | None = None) -> None:
         """Fill the free slots with new trials, each claimed from the shared budget (``sweeper.workers.budget``);
         ``trial``: one already claimed (after waiting for a slot)."""
-        keys, hps, seeds = [], [], []
+        keys: list[Hashable] = []
+        hps: list[Hparams] = []
+        seeds: list[int] = []
         while self.trainer.size + len(keys) < self.size:
-            if trial is None:
-                claimed = try_claim(self.study, self.budget, self.heartbeat.beat)
-                if not claimed:  # the budget is met, or every free slot is another running trial's
-                    break
-                trial = claimed
+            trial = trial or try_claim(self.study, self.budget, self.heartbeat.beat)
+            if trial is None:  # the budget is met, or every free slot is another running trial's
+                break
             tag_trial(trial, self.where)
             try:
                 hp: Hparams = self.spec.space.suggest(trial, self.spec.network.n_hidden)

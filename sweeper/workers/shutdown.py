@@ -14,15 +14,15 @@ from ``sweeper launch``, which passes signals on) and is ignored.
 from __future__ import annotations
 
 import signal
-import threading
 import time
 import warnings
+from contextlib import ExitStack
 from types import FrameType, TracebackType
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.signals import on_stop_signals
 from sweeper.study import optuna_internals as internals
 from sweeper.study.record import retry_copy
 
@@ -34,23 +34,19 @@ class WorkerStopped(KeyboardInterrupt):
 
 
 class Shutdown:
-    """Context manager installing the SIGTERM/SIGINT handlers (main thread only)."""
+    """Context manager installing the SIGTERM/SIGINT handler (``sweeper.signals``; main thread only)."""
 
     def __init__(self) -> None:
         self.requested: str | None = None
         self._at = 0.0
-        self._old: dict[int, Any] = {}
+        self._handlers = ExitStack()
 
     def __enter__(self) -> Shutdown:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
+        self._handlers.enter_context(on_stop_signals(self._handle))
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
+        self._handlers.close()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested is None:

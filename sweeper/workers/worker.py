@@ -19,9 +19,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.study import optuna_internals as internals
-from sweeper.study.record import StudyRecord, heartbeat_settings, is_best_so_far, set_end_reason, tag_trial
+from sweeper.study.record import StudyRecord, heartbeat_settings, is_best_so_far, set_end_reason, set_lr, tag_trial
 from sweeper.tracking.tracker import MlflowTracker
-from sweeper.training.objective import Objective, prepare_data
+from sweeper.training.objective import Diverged, Objective, prepare_data
 from sweeper.workers.budget import claim
 from sweeper.workers.heartbeat import Heartbeat
 from sweeper.workers.progress import ProgressBar, quiet_trial_tracebacks
@@ -142,10 +142,14 @@ class TrialLoop:
         value, state, error = None, TrialState.COMPLETE, None
         try:
             value = self.objective(trial)
+        except Diverged as e:
+            set_end_reason(trial, str(e))
+            state = TrialState.PRUNED
         except optuna.TrialPruned:
             state = TrialState.PRUNED
         except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another worker meanwhile
-            return self._drop_taken()
+            self._drop_taken()
+            return None
         except WorkerStopped as e:
             set_end_reason(trial, f"{e}; queued again")
             self.study.tell(trial, state=TrialState.FAIL)
@@ -157,12 +161,16 @@ class TrialLoop:
             set_end_reason(trial, f"{type(e).__name__}: {e}")
             self.study.tell(trial, state=TrialState.FAIL)
             raise
+        lr = getattr(self.objective, "lr", None)
+        if lr is not None:
+            set_lr(trial, lr)
         try:
             frozen = self.study.tell(trial, value, state=state if value is None else None)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # "Cannot tell a FAIL trial"
             if internals.frozen(self.study, internals.trial_id(trial)).state != TrialState.FAIL:
                 raise
-            return self._drop_taken()
+            self._drop_taken()
+            return None
         if self.keep is not None and frozen.state == TrialState.COMPLETE and is_best_so_far(self.study, frozen):
             model = getattr(self.objective, "model", None)
             if model is not None:  # the study's best so far: its network is the one a user gets if it stays best
@@ -185,7 +193,6 @@ class TrialLoop:
         for callback in self.callbacks:
             if isinstance(callback, MlflowTracker):
                 callback(self.study, frozen, reason=TAKEN)
-        return None
 
 
 def _is_oom(e: BaseException) -> bool:

@@ -13,7 +13,6 @@ core and N workers would run N x cores threads on the cores.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sweeper.errors import SpecError
+from sweeper.signals import on_stop_signals
 from sweeper.study.urls import normalize_url
 
 _warned: set[str] = set()
@@ -151,13 +151,11 @@ def wait_workers(procs: list[subprocess.Popen[bytes]], grace: float = 30.0) -> l
             if p.poll() is None:
                 p.send_signal(signum)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while any(p.poll() is None for p in procs):
-            time.sleep(0.2)
+        with on_stop_signals(forward):
+            while any(p.poll() is None for p in procs):
+                time.sleep(0.2)
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
         deadline = time.monotonic() + grace
         for p in procs:
             try:

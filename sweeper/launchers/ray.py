@@ -19,8 +19,8 @@ from types import ModuleType
 from typing import Any
 
 from sweeper.errors import SpecError
+from sweeper.launchers.ray_cluster import check_resources, first_line, init
 from sweeper.study.urls import mask_url
-from sweeper.workers.ray_cluster import check_resources, first_line, init
 
 log = logging.getLogger("sweeper")
 
@@ -59,7 +59,7 @@ class RayWorkers:
         address = (address or "").strip()
         owned = not ray.is_initialized()  # a caller's own connection is left as it is
         if owned:
-            init(ray, address)  # with the checks of sweeper.workers.ray_cluster: reachable, token accepted
+            init(ray, address)  # with the checks of sweeper.launchers.ray_cluster: reachable, token accepted
         self = cls(ray, address or "local", owned, {"num_cpus": cpus, "num_gpus": gpus})
         try:
             self._check(storage, tracking, workers, cpus, gpus)

@@ -1,0 +1,100 @@
+"""The ``sweeper`` command's plumbing: its shared options, user errors as exit 2, and its log lines."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from sweeper.errors import SweeperError
+
+
+class UserError(click.ClickException):
+    """A user's mistake: message, exit code 2, no traceback."""
+
+    exit_code = 2
+
+
+def errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SweeperError as e:
+            raise UserError(str(e)) from None
+        except Exception as e:  # e.g. the study database gave out inside Optuna, which raised its own error
+            cause = _sweeper_cause(e)
+            if cause is None:
+                raise
+            raise UserError(str(cause)) from None
+
+    return wrapper
+
+
+def _sweeper_cause(e: BaseException | None) -> SweeperError | None:
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, SweeperError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+storage_opt = click.option(
+    "--storage", envvar="SWEEPER_STORAGE", help="Study database URL [default: sqlite:///sweeper.db]."
+)
+tracking_opt = click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    help="MLflow tracking URI [default: sqlite:///mlflow.db]; '' turns tracking off.",
+)
+threads_opt = click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="torch (OpenMP/MKL) threads per worker [default: launch --workers N gives each worker cores/N; "
+    "otherwise OMP_NUM_THREADS or every core].",
+)
+population_opt = click.option(
+    "--population",
+    type=click.IntRange(min=1),
+    help="Train this many trials at once, stacked on one device (built-in mlp) [default: train.population, 1].",
+)
+
+
+def study_file_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """STUDY_FILE and the options of a command that creates or resumes the study in it."""
+    for opt in reversed(
+        [
+            click.argument("study_file", type=click.Path(dir_okay=False)),
+            click.option("--trials", type=click.IntRange(min=1), help="Budget of finished trials (overrides file)."),
+            storage_opt,
+            tracking_opt,
+            click.option("--allow-changed-spec", is_flag=True, help="Resume a study even if its study file changed."),
+        ]
+    ):
+        fn = opt(fn)
+    return fn
+
+
+class _Echo(logging.Handler):
+    """sweeper's messages as plain lines on stderr (looked up at each message, so CliRunner captures them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        click.echo(f"warning: {text}" if record.levelno >= logging.WARNING else text, err=True)
+
+
+def configure_logging(verbose: bool) -> None:
+    """sweeper says what it is doing on stderr; MLflow's own INFO lines only with --verbose."""
+    logger = logging.getLogger("sweeper")
+    if not any(isinstance(h, _Echo) for h in logger.handlers):
+        logger.addHandler(_Echo())
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:  # read by MLflow (here and in every worker process started from here)
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a "View run" line per trial
