@@ -1,0 +1,23 @@
+"""The search benchmark runs end to end (a smoke run: it asserts nothing about accuracy)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_search_quality_quick_run_writes_its_tables(tmp_path: Path) -> None:
+    out = tmp_path / "sq"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "search_quality.py"), "--quick", "--tasks", "digits"]
+    cmd += ["--methods", "sweeper", "sweeper-v0", "textbook", "random", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    table = out.with_suffix(".txt").read_text()
+    for method in ("sweeper", "sweeper-v0", "textbook", "random"):
+        assert f"\n{method} " in table, table
+    sweeps = json.loads(out.with_suffix(".json").read_text())
+    assert {s["method"] for s in sweeps["sweeps"]} == {"sweeper", "sweeper-v0", "textbook", "random"}
