@@ -195,7 +195,8 @@ def best(study_name: str, storage: str | None, as_json: bool) -> None:
     for k, v in rep.best_params.items():
         click.echo(f"  {k:<20} {v}")
     if rep.test:
-        click.echo(f"  test accuracy        {rep.test['test_accuracy']:.4f}  (scored once, not used for selection)")
+        how = "the selected network" if rep.test.get("model") == "selected" else "its retrain"
+        click.echo(f"  test accuracy        {rep.test['test_accuracy']:.4f}  ({how}; once, not used for selection)")
 
 
 @main.command()

@@ -75,17 +75,16 @@ def run_worker(
     bar = ProgressBar(study, budget) if progress else None
     callbacks: list[Any] = [c for c in (tracker, bar) if c is not None]
     hooks = [tracker.on_epoch] if tracker is not None else []
+    keep = tracker.keep_weights if tracker is not None else None  # the selected network goes with its run
     try:
         size = population or spec.train.population
         if size > 1 and spec.network.type == "mlp":  # user networks cannot be stacked: they run one at a time
             from sweeper.workers.population import PopulationRunner
 
-            keep = tracker.keep_weights if tracker is not None else None
             with Shutdown() as stop:
                 return PopulationRunner(study, spec, data, size, budget, where, hooks, callbacks, keep).run(stop)
         with Shutdown() as stop:
             objective = Objective(spec, data, hooks, on_step=stop.check)
-            keep = tracker.keep_weights if tracker is not None else None
             return TrialLoop(study, objective, budget, where, callbacks, keep).run(stop)
     finally:
         if bar is not None:
