@@ -64,8 +64,14 @@ def nodes() -> Iterator[TwoNodes]:
                 signal.signal(s, h)
 
 
+# Ray workers seed their samplers afresh (scaled workers must not repeat each other), so the drawn
+# parameters differ from run to run: a space that never diverges keeps "every trial COMPLETE" exact
+SAFE_SPACE = {"lr_scale": [0.5, 2.0], "momentum": [0.9, 0.95]}
+
+
 def study_file(tmp_path: Path, name: str, **overrides: Any) -> str:
     path = tmp_path / f"{name}.yaml"
+    overrides["space"] = {**SAFE_SPACE, **overrides.get("space", {})}
     path.write_text(yaml.safe_dump(tiny_spec_dict(name, **overrides)))
     return str(path)
 
