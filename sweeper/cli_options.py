@@ -98,3 +98,4 @@ def configure_logging(verbose: bool) -> None:
     if not verbose:  # read by MLflow (here and in every worker process started from here)
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a "View run" line per trial
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # loading the selected weights
