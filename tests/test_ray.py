@@ -30,6 +30,7 @@ from ray.cluster_utils import Cluster
 from conftest import _pg_database, tiny_spec_dict
 from sweeper.cli import main
 from sweeper.study.record import end_reason, where_ran
+from sweeper.study.storage import make_storage
 
 WHERE = ("worker", "node", "node_ip", "gpu")
 
@@ -76,8 +77,14 @@ def study_file(tmp_path: Path, name: str, **overrides: Any) -> str:
     return str(path)
 
 
+_storages: dict[str, optuna.storages.BaseStorage] = {}
+
+
 def trials(storage: str, name: str) -> list[FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    """The study's trials, on one storage per database: polling must not open connections by the hundred
+    (a new storage per call held its pool until collected: PostgreSQL ran out of clients under load)."""
+    st = _storages.get(storage) or _storages.setdefault(storage, make_storage(storage))
+    return optuna.load_study(study_name=name, storage=st).get_trials(deepcopy=False)
 
 
 def states(ts: list[FrozenTrial]) -> dict[str, int]:
