@@ -4,6 +4,9 @@
     python benchmarks/search_quality.py --quick                  # CI smoke run: 1 seed, tiny sweeps (< 2 min)
     python benchmarks/search_quality.py --report-only            # re-make the tables and plot from the JSON
     python benchmarks/search_quality.py --tasks digits --methods sweeper textbook --seeds 0 1 2 --trials 10
+    python benchmarks/search_quality.py --methods +adamw +smoothing +mixup +clip +ema +early-stop \
+        --tasks mnist1d digits tabular --jobs 2 --out results/search_extensions      # issue 19's additions
+    python benchmarks/search_quality.py --tasks mnist1d-cnn --methods cnn-study --jobs 2 --out results/search_cnn
 
 Writes ``results/search_quality.txt`` (tables), ``.json`` (every sweep's trials) and ``.png`` (anytime curves).
 
@@ -17,6 +20,10 @@ validation carve, the same rows for every method):
             time, without the retraining that scores its best trial on test, is the budget B.
   sweeper-v0  the same with the defaults before this benchmark written out (no literature start points,
             pruning after 2 epochs, standardize always): what the new defaults changed, paired.
+  +adamw, +smoothing, +mixup, +clip, +ema, +early-stop   the minimal study file plus one addition searched
+            (``VARIANTS``), the same trial budget as sweeper (its CPU time is in the CPU s column).
+  cnn-study   on the mnist1d-cnn task: the space of studies/mnist1d_cnn.yaml (channel dropout, optimizer,
+            label smoothing) vs the CNN with sweeper's default space.
   textbook  ``benchmarks/textbook_sweep.py``'s loop (TPE, median pruner, DataLoader) until B CPU seconds.
   random    the same loop with Optuna's RandomSampler and no pruner, until B CPU seconds.
   ray-tune  Ray Tune, ASHA + OptunaSearch over the same space, one trial at a time on 1 CPU, for B seconds
@@ -45,13 +52,27 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "search_quality"
-METHODS = ("sweeper", "sweeper-v0", "textbook", "random", "ray-tune")
-#: sweeper-v0: the defaults before the search benchmark (issue 17), written out in the study file
-V0_DEFAULTS = {"warm_start": "none", "pruner": {"warmup_epochs": 2}, "data": {"standardize": True}}
+#: sweeper variants: what each adds to the minimal study file (sweeper-v0: the defaults before this benchmark,
+#: written out; the others: one addition of issue 19 searched beside the default space, and on the CNN task the
+#: space of studies/mnist1d_cnn.yaml)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "sweeper-v0": {"warm_start": "none", "pruner": {"warmup_epochs": 2}, "data": {"standardize": True}},
+    "+adamw": {"space": {"optimizer": ["sgd", "adamw"]}},
+    "+smoothing": {"space": {"label_smoothing": [0.0, 0.2]}},
+    "+mixup": {"space": {"mixup_alpha": {"low": 0.1, "high": 0.4, "optional": True}}},
+    "+clip": {"space": {"grad_clip": {"low": 0.5, "high": 10.0, "optional": True}}},
+    "+ema": {"space": {"ema_decay": {"low": 0.9, "high": 0.999, "optional": True}}},
+    "+early-stop": {"train": {"early_stopping_patience": 5}},
+    "cnn-study": {"space": {"dropout_conv": [0.0, 0.3], "optimizer": ["sgd", "adamw"], "label_smoothing": [0.0, 0.2]}},
+}
+METHODS = ("sweeper", *VARIANTS, "textbook", "random", "ray-tune")
 TASKS: dict[str, dict[str, Any]] = {  # epochs at --epochs-scale 1; scale: StandardScaler for the textbook's inputs
     "mnist1d": {"data": {"dataset": "mnist1d_standard"}, "hidden": [512, 512], "epochs": 20, "scale": False},
     "digits": {"data": {"dataset": "digits"}, "hidden": [256, 256], "epochs": 20, "scale": True},
     "tabular": {"data": {"dataset": "file", "split": "given"}, "hidden": [256, 256], "epochs": 20, "scale": True},
+    # sweeper and its variants only (the peers' loops build MLPs): the 1-D CNN of studies/mnist1d_cnn.yaml
+    "mnist1d-cnn": {"data": {"dataset": "mnist1d_standard"}, "hidden": [128], "epochs": 20, "scale": False,
+                    "network": {"type": "cnn1d", "channels": [32, 32], "kernel_size": 5}},
 }
 FULL = {"trials": 20, "seeds": 10, "jobs": 2}  # the default full run, for the time estimate
 
@@ -73,9 +94,9 @@ def make_tabular(path: Path) -> Path:
     return path
 
 
-def study_file(task: str, seed: int, trials: int, epochs: int, workdir: Path, v0: bool = False) -> Path:
+def study_file(task: str, seed: int, trials: int, epochs: int, workdir: Path, variant: str | None = None) -> Path:
     """The minimal study file a user writes: every sampler, pruner and space setting is sweeper's default
-    (``v0``: the defaults of the version before this benchmark, written out)."""
+    (``variant``: with that variant's additions, ``VARIANTS``)."""
     import yaml
 
     cfg = TASKS[task]
@@ -83,18 +104,16 @@ def study_file(task: str, seed: int, trials: int, epochs: int, workdir: Path, v0
     if task == "tabular":
         data["path"] = str(make_tabular(workdir / "tabular.npz"))
     spec = {
-        "name": f"sq-{task}-{seed}",
+        "name": f"sq-{task}-{seed}" + (f"-{variant.strip('+')}" if variant else ""),
         "seed": seed,
         "trials": trials,
         "data": data,
-        "network": {"hidden": cfg["hidden"]},
+        "network": {**cfg.get("network", {}), "hidden": cfg["hidden"]},
         "train": {"epochs": epochs, "batch_size": 128},
     }
-    if v0:
-        spec["name"] += "-v0"
-        spec["warm_start"], spec["pruner"] = V0_DEFAULTS["warm_start"], V0_DEFAULTS["pruner"]
-        spec["data"] = {**data, **V0_DEFAULTS["data"]}
-    path = workdir / ("study-v0.yaml" if v0 else "study.yaml")
+    for key, value in VARIANTS.get(variant or "", {}).items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    path = workdir / f"study{'-' + variant if variant else ''}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
@@ -122,9 +141,9 @@ def run_unit(
         budget = rec["budget_s"]
         job = {"study_file": path, "seed": seed, "epochs": epochs, "shape": sm.shape(sets), **TASKS[task]}
         for method in methods:
-            if method == "sweeper-v0":
-                v0 = sm.run_sweeper(study_file(task, seed, trials, epochs, work, v0=True), trials, work)
-                out.append({**info, "method": method, **v0})
+            if method in VARIANTS:
+                rec = sm.run_sweeper(study_file(task, seed, trials, epochs, work, variant=method), trials, work)
+                out.append({**info, "method": method, **rec})
             elif method in ("textbook", "random"):
                 out.append({**info, "method": method, **sm.run_textbook(job, method, budget)})
             elif method == "ray-tune":
@@ -144,7 +163,7 @@ def run_all(args: argparse.Namespace, meta: dict[str, Any]) -> list[dict[str, An
         for r in recs:
             sel = r["selected"] or {"test": float("nan")}
             print(
-                f"  {r['task']:<8} seed {r['seed']:<2} {r['method']:<9} {len(r['trials']):>3} trials  "
+                f"  {r['task']:<11} seed {r['seed']:<2} {r['method']:<11} {len(r['trials']):>3} trials  "
                 f"B {r['budget_s']:6.1f} s  wall {r['wall_s']:6.1f} s  test {sel['test']:.4f}",
                 flush=True,
             )
@@ -197,7 +216,7 @@ def task_table(records: list[dict[str, Any]], task: str) -> str:
     warnings.filterwarnings("ignore", "Mean of empty slice|All-NaN", RuntimeWarning)  # a sweep selected nothing
     ref = by(records, task, "sweeper")
     head = (
-        f"{'method':<9} {'sweeps':>6} {'trials c/p/cut per sweep':>25} {'budget s':>13} {'CPU s':>6} {'test mean':>9} "
+        f"{'method':<11} {'sweeps':>6} {'trials c/p/cut per sweep':>25} {'budget s':>13} {'CPU s':>6} {'test mean':>9} "
         f"{'p10':>7} {'worst':>7} {'val mean':>8}   {'test - sweeper, mean [95% CI]':<30}"
     )
     lines = [head, "-" * len(head)]
@@ -221,7 +240,7 @@ def task_table(records: list[dict[str, Any]], task: str) -> str:
         trials = f"{n['complete']:.1f}/{n['pruned']:.1f}/{n['cut']:.1f}"
         clock = runs[next(iter(runs))]["clock"]
         lines.append(
-            f"{method:<9} {len(runs):>6} {trials:>25} {budget:>8.1f} {clock:<4} {used:>6.1f} {np.nanmean(tests):>9.4f} "
+            f"{method:<11} {len(runs):>6} {trials:>25} {budget:>8.1f} {clock:<4} {used:>6.1f} {np.nanmean(tests):>9.4f} "
             f"{np.nanpercentile(tests, 10):>7.4f} {np.nanmin(tests):>7.4f} {np.nanmean(vals):>8.4f}   {diff}"
         )
     return "\n".join(lines)
@@ -260,8 +279,10 @@ def header(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
         runs = [r for r in records if r["task"] == task]
         if runs:
             r, bs = runs[0], [x["budget_s"] for x in runs if x["method"] == "sweeper"]
+            net = TASKS[task].get("network", {})
+            kind = f"CNN {'-'.join(map(str, net['channels']))} + head" if net else "MLP"
             lines.append(
-                f"{task}: train/val/test {'/'.join(map(str, r['sizes']))}, MLP {'-'.join(map(str, r['hidden']))}, "
+                f"{task}: train/val/test {'/'.join(map(str, r['sizes']))}, {kind} {'-'.join(map(str, r['hidden']))}, "
                 f"{r['epochs']} epochs, batch 128; B {min(bs):.1f} to {max(bs):.1f} CPU s over seeds"
             )
             ours = next(x for x in runs if x["method"] == "sweeper").get("defaults", {})

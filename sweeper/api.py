@@ -156,7 +156,7 @@ def _preflight(spec: StudySpec) -> None:
         "validating the study file of %s: loading the %s data and building the network", spec.name, spec.data.dataset
     )
     data = load_dataset(spec.data, spec.seed, spec.base_dir)
-    rates = (0.0,) * (spec.network.n_hidden + 1)
+    rates = (0.0,) * spec.network.n_dropout
     build_network(spec.network, data.in_features, data.num_classes, rates, False, spec.base_dir)
 
 
@@ -212,7 +212,9 @@ def _best_network(record: StudyRecord, best: optuna.trial.FrozenTrial, data: Any
     from sweeper.training.train import trial_seed
 
     spec = record.spec
-    hp = spec.space.suggest(optuna.trial.FixedTrial(best.params, best.number), spec.network.n_hidden)
+    hp = spec.space.suggest(
+        optuna.trial.FixedTrial(best.params, best.number), spec.network.n_hidden, spec.network.n_conv
+    )
     if uri and record.parent_run_id:
         from sweeper.tracking.selected import load_selected_weights
 

@@ -9,7 +9,7 @@ import optuna
 
 from conftest import tiny_spec_dict
 from sweeper.study.record import StudyRecord
-from sweeper.study.space import LITERATURE, literature_points
+from sweeper.study.recipes import LITERATURE, literature_points
 from sweeper.study.spec import parse_spec
 from sweeper.training.data import load_dataset, needs_standardizing
 

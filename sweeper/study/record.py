@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import StudyError
-from sweeper.study.space import literature_points
+from sweeper.study.recipes import literature_points
 from sweeper.study.spec import StudySpec, parse_spec
 from sweeper.study.storage import make_storage
 from sweeper.study.strategy import make_pruner, make_sampler, sampler_seed
@@ -93,7 +93,7 @@ class StudyRecord:
         study.set_user_attr(_SPEC, spec.to_dict())
         study.set_user_attr(_BUDGET, trials or spec.trials)
         if new and spec.warm_start == "literature":  # the first trials: the literature's recipes, then the sampler
-            points = literature_points(spec.space, spec.network.n_hidden, spec.train.base_lr)
+            points = literature_points(spec.space, spec.network.n_hidden, spec.train.base_lr, spec.network.n_conv)
             for params in points[: trials or spec.trials]:  # never more than the budget: none left waiting
                 study.enqueue_trial(params, user_attrs={_START: "literature"})
         if study.metric_names != [spec.metric]:  # optuna-dashboard shows "val_accuracy", not "Objective 0"

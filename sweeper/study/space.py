@@ -4,8 +4,10 @@ A value in the ``space`` section is one of
   - a number (or true/false): fixed, not searched;
   - ``[low, high]`` or ``{low, high, log, optional}``: a range (``optional: true`` also tries "off");
   - ``{choices: [...]}``: a categorical;
-  - ``false`` / ``null`` on an optional regularizer (l1, max_norm, r_drop_alpha): off.
-Defaults follow the dropout literature (Srivastava et al. 2014; Liang et al. 2021 for R-Drop).
+  - ``false`` / ``null`` on an optional regularizer (l1, max_norm, r_drop_alpha, label_smoothing, mixup_alpha,
+    grad_clip, ema_decay): off.
+Defaults follow the dropout literature (Srivastava et al. 2014; Liang et al. 2021 for R-Drop); the additions
+beyond it (AdamW, label smoothing, mixup, gradient clipping, weight averaging) are off unless a study names them.
 """
 
 from __future__ import annotations
@@ -16,74 +18,7 @@ from typing import Any, cast
 import optuna
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
 
-
-class Param(BaseModel):
-    """One searched (or fixed) hyperparameter."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    low: float | None = None
-    high: float | None = None
-    log: bool | None = None
-    optional: bool = False
-    value: float | bool | None = None
-    choices: tuple[float | bool, ...] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _short_forms(cls, v: Any) -> Any:
-        if isinstance(v, bool) or isinstance(v, int | float):
-            return {"value": v}
-        if isinstance(v, str):
-            try:
-                return {"value": float(v)}  # PyYAML reads 1e-4 as a string
-            except ValueError:
-                raise ValueError(f"expected a number, [low, high] or a mapping, but got {v!r}") from None
-        if isinstance(v, list | tuple):
-            if len(v) == 2 and not any(isinstance(x, bool) for x in v):
-                return {"low": v[0], "high": v[1]}
-            return {"choices": v}
-        return v
-
-    @model_validator(mode="after")
-    def _check(self) -> Param:
-        kinds = [self.value is not None, self.choices is not None, self.low is not None or self.high is not None]
-        if sum(kinds) != 1:
-            raise ValueError("give exactly one of: a fixed value, [low, high], or choices")
-        if self.choices is not None and not self.choices:
-            raise ValueError("give a range like [0.2, 0.5] or at least one choice, not []")
-        if kinds[2]:
-            if self.low is None or self.high is None:
-                raise ValueError("a range needs both low and high")
-            if self.low > self.high:
-                raise ValueError(f"low must be <= high, but got low={self.low} > high={self.high}")
-        return self
-
-    def bounds(self) -> tuple[float, float]:
-        """Smallest and largest value this parameter can take (for range checks)."""
-        if self.value is not None:
-            return float(self.value), float(self.value)
-        if self.choices is not None:
-            nums = [float(c) for c in self.choices]
-            return min(nums), max(nums)
-        assert self.low is not None and self.high is not None
-        return self.low, self.high
-
-    def suggest(self, trial: optuna.Trial, name: str, default_log: bool = False) -> Any:
-        if self.optional and not trial.suggest_categorical(f"{name}.enabled", [True, False]):
-            return None
-        if self.value is not None:
-            return self.value
-        if self.choices is not None:
-            return trial.suggest_categorical(name, list(self.choices))
-        assert self.low is not None and self.high is not None
-        log = default_log if self.log is None else self.log
-        return trial.suggest_float(name, self.low, self.high, log=log)
-
-
-def _range(low: float, high: float, **kw: Any) -> Param:
-    return Param(low=low, high=high, **kw)
-
+from sweeper.study.param import Param, between
 
 # name -> (lowest allowed, highest allowed, highest exclusive?, log by default)
 _LIMITS: dict[str, tuple[float, float, bool, bool]] = {
@@ -96,7 +31,17 @@ _LIMITS: dict[str, tuple[float, float, bool, bool]] = {
     "max_norm": (1e-12, float("inf"), False, False),
     "r_drop_alpha": (0.0, float("inf"), False, False),
     "lr_decay": (1e-12, 1.0, False, False),
+    "dropout_conv": (0.0, 1.0, True, False),
+    "adamw_lr_scale": (1e-12, float("inf"), False, True),
+    "adamw_weight_decay": (0.0, float("inf"), False, True),
+    "adamw_beta1": (0.0, 1.0, True, False),
+    "adamw_beta2": (0.0, 1.0, True, False),
+    "label_smoothing": (0.0, 1.0, True, False),
+    "mixup_alpha": (1e-12, float("inf"), False, False),
+    "grad_clip": (1e-12, float("inf"), False, True),
+    "ema_decay": (0.0, 1.0, True, False),
 }
+OPTIMIZERS = ("sgd", "adamw")
 _HINTS = {
     "dropout_input": "a dropout rate is in [0, 1): the input layer is usually 0-0.2",
     "dropout_hidden": "a dropout rate is in [0, 1): hidden layers are usually 0.2-0.5",
@@ -107,7 +52,17 @@ _HINTS = {
     "max_norm": "the max-norm constant c must be > 0, usually 3-5",
     "r_drop_alpha": "the R-Drop weight alpha must be >= 0",
     "lr_decay": "the per-epoch learning-rate decay factor is in (0, 1]",
+    "dropout_conv": "a channel dropout rate is in [0, 1): conv blocks are usually 0-0.3",
+    "adamw_lr_scale": "AdamW's learning-rate scale must be > 0, usually 0.1-10 (lr = base_lr * scale)",
+    "adamw_weight_decay": "AdamW's decoupled weight decay must be >= 0, usually 1e-4-0.1",
+    "adamw_beta1": "AdamW's beta1 is in [0, 1), usually 0.9",
+    "adamw_beta2": "AdamW's beta2 is in [0, 1), usually 0.99-0.999",
+    "label_smoothing": "label smoothing epsilon is in [0, 1), usually 0.05-0.2",
+    "mixup_alpha": "mixup's Beta(alpha, alpha) needs alpha > 0, usually 0.1-0.4",
+    "grad_clip": "the gradient-norm clip must be > 0, usually 0.5-10",
+    "ema_decay": "the weight average's decay is in [0, 1), usually 0.9-0.999",
 }
+_OPTIONAL = ("l1", "max_norm", "r_drop_alpha", "label_smoothing", "mixup_alpha", "grad_clip", "ema_decay")
 
 
 class Space(BaseModel):
@@ -115,24 +70,50 @@ class Space(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dropout_input: Param = _range(0.0, 0.2)
-    dropout_hidden: Param | tuple[Param, ...] = _range(0.2, 0.5)
-    weight_decay: Param = _range(1e-6, 1e-2, log=True)
+    dropout_input: Param = between(0.0, 0.2)
+    dropout_hidden: Param | tuple[Param, ...] = between(0.2, 0.5)
+    weight_decay: Param = between(1e-6, 1e-2, log=True)
     l1: Param | None = None
-    momentum: Param = _range(0.9, 0.99)
-    lr_scale: Param = _range(1.0, 100.0, log=True)
-    max_norm: Param | None = _range(3.0, 5.0, optional=True)
+    momentum: Param = between(0.9, 0.99)
+    lr_scale: Param = between(1.0, 100.0, log=True)
+    max_norm: Param | None = between(3.0, 5.0, optional=True)
     batch_norm: Param = Param(choices=(False, True))
     r_drop_alpha: Param | None = None
-    lr_decay: Param = _range(0.95, 1.0)
+    lr_decay: Param = between(0.95, 1.0)
+    # network: cnn1d only: channel dropout (Dropout1d) after each conv block, like dropout_hidden per block
+    dropout_conv: Param | tuple[Param, ...] = between(0.0, 0.3)
+    # the optimizer: sgd (momentum, lr_scale, weight_decay as L2 in the gradient) or adamw (its own lr scale and
+    # decoupled weight decay, see README); a categorical [sgd, adamw] searches both, each with its own parameters
+    optimizer: Param = Param(value="sgd")
+    adamw_lr_scale: Param = between(0.1, 10.0, log=True)
+    adamw_weight_decay: Param = between(1e-4, 0.3, log=True)
+    adamw_beta1: Param = Param(value=0.9)
+    adamw_beta2: Param = Param(value=0.999)
+    # beyond the dropout paper, off unless named: label smoothing epsilon, mixup alpha, gradient-norm clip,
+    # exponential moving average of the weights (its decay; the average is what is evaluated and kept)
+    label_smoothing: Param | None = None
+    mixup_alpha: Param | None = None
+    grad_clip: Param | None = None
+    ema_decay: Param | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _off(cls, v: Any) -> Any:
         # ``max_norm: false`` means off, not "fixed at 0"
         if isinstance(v, dict):
-            return {k: (None if x is False and k in ("l1", "max_norm", "r_drop_alpha") else x) for k, x in v.items()}
+            return {k: (None if x is False and k in _OPTIONAL else x) for k, x in v.items()}
         return v
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, value: Param) -> Param:
+        names = value.words()
+        if value.low is not None or len(names) != len(value.choices or (value.value,)) or set(names) - set(OPTIMIZERS):
+            raise ValueError(
+                f"optimizer is one of {list(OPTIMIZERS)} or a list of them to search, but got "
+                f"{list(value.choices) if value.choices else value.value!r}"
+            )
+        return value
 
     @field_validator(*_LIMITS)
     @classmethod
@@ -145,101 +126,94 @@ class Space(BaseModel):
         for p in value if isinstance(value, tuple) else (value,):
             if p is None:
                 continue
+            if p.words():
+                raise ValueError(
+                    f"{_HINTS[name]}; expected a number, [low, high] or a mapping, but got {p.words()[0]!r}"
+                )
             low, high = p.bounds()
             log = default_log if p.log is None else p.log
             if low < lo or high > hi or (hi_open and high >= hi) or (log and p.low is not None and p.low <= 0):
                 raise ValueError(f"{_HINTS[name]}, but got {low}..{high}")
         return value
 
-    def param_names(self, n_hidden: int) -> list[str]:
-        """The names of the parameters a trial searches (optional ones as if on), in suggestion order."""
-        names = _Names()
-        self.suggest(cast(optuna.Trial, names), n_hidden)
-        return [n for n in names if not n.endswith(".enabled")]
+    @field_validator("batch_norm")
+    @classmethod
+    def _switch(cls, value: Param) -> Param:
+        if value.words() or value.low is not None:
+            raise ValueError(f"batch_norm is true, false or [false, true] to search, but got {value.words() or value}")
+        return value
 
-    def suggest(self, trial: optuna.Trial, n_hidden: int) -> Hparams:
-        """Draw one trial's hyperparameters; parameter names say where each value goes."""
-        hidden = self.dropout_hidden
-        if isinstance(hidden, tuple) and len(hidden) != n_hidden:
-            raise ValueError(f"space.dropout_hidden lists {len(hidden)} ranges for {n_hidden} hidden layers")
-        per_layer = hidden if isinstance(hidden, tuple) else (hidden,) * n_hidden
+    def param_names(self, n_hidden: int, n_conv: int = 0) -> list[str]:
+        """The names of the parameters a trial searches (optional ones as if on, each optimizer's own), in order."""
+        names: list[str] = []
+        for optimizer in self.optimizer.words():
+            asked = _Names(optimizer)
+            self.suggest(cast(optuna.Trial, asked), n_hidden, n_conv)
+            names += [n for n in asked if n not in names and not n.endswith(".enabled")]
+        return names
+
+    def suggest(self, trial: optuna.Trial, n_hidden: int, n_conv: int = 0) -> Hparams:
+        """Draw one trial's hyperparameters; parameter names say where each value goes.
+
+        ``n_conv``: the network's conv blocks (cnn1d), each with its own channel dropout rate; their rates come
+        after the input's and before the hidden layers' in ``Hparams.dropout``.
+        """
         rates = [self.dropout_input.suggest(trial, "dropout.input")]
-        rates += [p.suggest(trial, f"dropout.hidden_{i + 1}") for i, p in enumerate(per_layer)]
+        rates += [
+            p.suggest(trial, f"dropout.conv_{i + 1}") for i, p in enumerate(_per_layer(self.dropout_conv, n_conv))
+        ]
+        hidden = _per_layer(self.dropout_hidden, n_hidden, "dropout_hidden")
+        rates += [p.suggest(trial, f"dropout.hidden_{i + 1}") for i, p in enumerate(hidden)]
 
         def opt(p: Param | None, name: str, log: bool = False) -> float | None:
             return None if p is None else p.suggest(trial, name, log)
 
+        optimizer = str(self.optimizer.suggest(trial, "optimizer"))
+        if optimizer == "adamw":  # conditional: AdamW's own scale and decoupled decay (named apart from SGD's)
+            lr_scale = float(self.adamw_lr_scale.suggest(trial, "adamw.lr_scale", True))
+            weight_decay = float(self.adamw_weight_decay.suggest(trial, "adamw.weight_decay", True))
+            betas = (float(self.adamw_beta1.suggest(trial, "adamw.beta1")),
+                     float(self.adamw_beta2.suggest(trial, "adamw.beta2")))  # fmt: skip
+            momentum = 0.0
+        else:
+            weight_decay = float(self.weight_decay.suggest(trial, "weight_decay", True))
+            momentum = float(self.momentum.suggest(trial, "momentum"))
+            lr_scale = float(self.lr_scale.suggest(trial, "lr_scale", True))
+            betas = (0.9, 0.999)
         return Hparams(
             dropout=tuple(float(r) for r in rates),
-            weight_decay=float(self.weight_decay.suggest(trial, "weight_decay", True)),
+            weight_decay=weight_decay,
             l1=opt(self.l1, "l1", True),
-            momentum=float(self.momentum.suggest(trial, "momentum")),
-            lr_scale=float(self.lr_scale.suggest(trial, "lr_scale", True)),
+            momentum=momentum,
+            lr_scale=lr_scale,
             max_norm=opt(self.max_norm, "max_norm"),
             batch_norm=bool(self.batch_norm.suggest(trial, "batch_norm")),
             r_drop_alpha=opt(self.r_drop_alpha, "r_drop.alpha"),
             lr_decay=float(self.lr_decay.suggest(trial, "lr_decay")),
+            optimizer=optimizer,
+            betas=betas,
+            label_smoothing=opt(self.label_smoothing, "label_smoothing"),
+            mixup_alpha=opt(self.mixup_alpha, "mixup.alpha"),
+            grad_clip=opt(self.grad_clip, "grad_clip", True),
+            ema_decay=opt(self.ema_decay, "ema.decay"),
         )
 
 
-#: the dropout literature's starting points (Srivastava et al. 2014, sections 5-6 and appendix A: input
-#: dropout ~0.2, hidden 0.5, max-norm c 3-4, momentum 0.95-0.99, a learning rate 10-100x that of a net
-#: without dropout), plus a lighter-dropout, higher-rate variant and one with batch norm; "lr" is the learning
-#: rate itself (the trial's lr_scale is lr / train.base_lr); each value is
-#: fitted into the study's space (clipped to its range, or the nearest choice), so a space that excludes
-#: one still gets a point inside it. "dropout.hidden" stands for every hidden layer.
-LITERATURE: tuple[dict[str, Any], ...] = (
-    {"dropout.input": 0.2, "dropout.hidden": 0.5, "max_norm.enabled": True, "max_norm": 3.5, "momentum": 0.95,
-     "lr": 0.05, "weight_decay": 1e-5, "batch_norm": False, "lr_decay": 0.98},
-    {"dropout.input": 0.1, "dropout.hidden": 0.3, "max_norm.enabled": True, "max_norm": 4.0, "momentum": 0.9,
-     "lr": 0.1, "weight_decay": 1e-4, "batch_norm": False, "lr_decay": 0.98},
-    {"dropout.input": 0.0, "dropout.hidden": 0.2, "max_norm.enabled": False, "momentum": 0.9,
-     "lr": 0.01, "weight_decay": 1e-4, "batch_norm": True, "lr_decay": 0.97},
-)  # fmt: skip
-
-
-class _Recipe(dict[str, Any]):
-    """Stands in for a trial to fit a recipe into the space: each answer is the recipe's value, clipped into the
-    parameter's range (or its nearest choice); a parameter the recipe does not name gets its lower end."""
-
-    def __init__(self, recipe: dict[str, Any], base_lr: float) -> None:
-        super().__init__()
-        self.recipe, self.base_lr = recipe, base_lr
-
-    def _wanted(self, name: str) -> Any:
-        if name == "lr_scale":
-            return self.recipe["lr"] / self.base_lr
-        return self.recipe.get("dropout.hidden" if name.startswith("dropout.hidden_") else name)
-
-    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
-        want = self._wanted(name)
-        self[name] = low if want is None else min(max(float(want), low), high)
-        return self[name]
-
-    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
-        want = self._wanted(name)
-        if want in choices:
-            self[name] = want
-        elif want is None or isinstance(want, bool) or not all(isinstance(c, int | float) for c in choices):
-            self[name] = choices[0]
-        else:
-            self[name] = min(choices, key=lambda c: abs(float(c) - float(want)))
-        return self[name]
-
-
-def literature_points(space: Space, n_hidden: int, base_lr: float) -> list[dict[str, Any]]:
-    """The literature's recipes as parameter sets of ``space`` (duplicates dropped), to enqueue as the first trials."""
-    points: list[dict[str, Any]] = []
-    for recipe in LITERATURE:
-        fitted = _Recipe(recipe, base_lr)
-        space.suggest(cast(optuna.Trial, fitted), n_hidden)
-        if fitted and dict(fitted) not in points:
-            points.append(dict(fitted))
-    return points
+def _per_layer(p: Param | tuple[Param, ...], n: int, field: str = "dropout_conv") -> tuple[Param, ...]:
+    """One range per layer: the same for every layer, or the study file's list (one per layer)."""
+    if isinstance(p, tuple):
+        if len(p) != n:
+            raise ValueError(f"space.{field} lists {len(p)} ranges for {n} layers")
+        return p
+    return (p,) * n
 
 
 class _Names(list[str]):
     """Stands in for a trial to list the names ``Space.suggest`` asks for, each optional regularizer on."""
+
+    def __init__(self, optimizer: str) -> None:
+        super().__init__()
+        self.optimizer = optimizer
 
     def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
         self.append(name)
@@ -247,6 +221,8 @@ class _Names(list[str]):
 
     def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
         self.append(name)
+        if name == "optimizer":
+            return self.optimizer
         return True if name.endswith(".enabled") else choices[0]
 
 
@@ -263,6 +239,12 @@ class Hparams:
     batch_norm: bool = False
     r_drop_alpha: float | None = None
     lr_decay: float = 1.0
+    optimizer: str = "sgd"  # sgd: momentum, L2 weight_decay; adamw: betas, decoupled weight_decay
+    betas: tuple[float, float] = (0.9, 0.999)
+    label_smoothing: float | None = None
+    mixup_alpha: float | None = None
+    grad_clip: float | None = None  # max gradient norm
+    ema_decay: float | None = None  # evaluate (and keep) an exponential moving average of the weights
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

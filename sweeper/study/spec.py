@@ -111,8 +111,10 @@ class DataSpec(_Section):
 
 
 class NetworkSpec(_Section):
-    type: Literal["mlp", "python"] = "mlp"
-    hidden: tuple[int, ...] = Field((256, 256), description="mlp: width of each hidden layer")
+    type: Literal["mlp", "cnn1d", "python"] = "mlp"
+    hidden: tuple[int, ...] = Field((256, 256), description="mlp, cnn1d's head: width of each hidden layer")
+    channels: tuple[int, ...] = Field((32, 32), description="cnn1d: channels of each conv block")
+    kernel_size: int = Field(5, ge=1, description="cnn1d: the conv blocks' kernel size")
     activation: Literal["relu", "gelu", "tanh"] = "relu"
     factory: str | None = Field(None, description="python: 'file.py:fn' building an nn.Module")
     hidden_layers: int | None = Field(None, ge=0, description="python: how many hidden dropout rates fn takes")
@@ -124,11 +126,28 @@ class NetworkSpec(_Section):
             raise ValueError(f"hidden must list at least one positive width, but got {list(v)!r}")
         return v
 
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(c < 1 for c in v):
+            raise ValueError(f"channels must list at least one positive count, but got {list(v)!r}")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> NetworkSpec:
         if self.type == "python" and not self.factory:
             raise ValueError("network type 'python' needs 'factory: my_net.py:build'")
         return self
+
+    @property
+    def n_conv(self) -> int:
+        """Conv blocks, each with its own channel dropout rate (cnn1d), else 0."""
+        return len(self.channels) if self.type == "cnn1d" else 0
+
+    @property
+    def n_dropout(self) -> int:
+        """Dropout rates a trial draws: the input's, one per conv block, one per hidden layer."""
+        return 1 + self.n_conv + self.n_hidden
 
     @property
     def n_hidden(self) -> int:
@@ -144,6 +163,12 @@ class TrainSpec(_Section):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     eval_batch_size: int = Field(4096, ge=1)
     population: int = Field(1, ge=1, description="trials trained together, stacked on one device (built-in mlp)")
+    early_stopping_patience: int | None = Field(
+        None,
+        ge=1,
+        description="stop a trial after this many epochs without a better validation metric; its value and "
+        "its model are then those of its best epoch (off: the last epoch's)",
+    )
 
 
 class StudySpec(_Section):

@@ -107,7 +107,7 @@ def trials_view(spec: StudySpec) -> dict[str, Any]:
 
     Stored as one of MLflow's shared views (an experiment tag), opened by ``sweeper ui``'s link.
     """
-    params = spec.space.param_names(spec.network.n_hidden)
+    params = spec.space.param_names(spec.network.n_hidden, spec.network.n_conv)
     metric = spec.metric
     return {
         "searchFilter": "tags.`sweeper.role` = 'trial'",
@@ -157,7 +157,9 @@ def study_summary(study: optuna.Study) -> tuple[list[Any], list[Any]]:
         names = sorted({k for t in trials for k in t.params})
         params = {k: best.params.get(k, "off") for k in names}
         metrics.append(Metric("best_value", float(best.value or 0.0), ts, finished))
-        metrics += [Metric(f"best.{k}", _numeric(best.params.get(k)), ts, finished) for k in names]
+        # a named choice (optimizer: adamw) is no metric: it is in the best_params tag
+        numeric = [k for k in names if not isinstance(best.params.get(k), str)]
+        metrics += [Metric(f"best.{k}", _numeric(best.params.get(k)), ts, finished) for k in numeric]
         tags.append(RunTag("best_trial", str(best.number)))
         tags.append(RunTag("best_params", json.dumps(params)[:5000]))
     return metrics, tags

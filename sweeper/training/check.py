@@ -29,7 +29,7 @@ def dropout_off_check(spec: StudySpec, epochs: int = 5, tolerance: float = 0.01)
     data = prepare_data(spec)
     lo = spec.space.lr_scale.bounds()[0]
     momentum = spec.space.momentum.bounds()[0]
-    hp = Hparams(dropout=(0.0,) * (spec.network.n_hidden + 1), momentum=momentum, lr_scale=lo)
+    hp = Hparams(dropout=(0.0,) * spec.network.n_dropout, momentum=momentum, lr_scale=lo)
     settings = spec.train.model_copy(update={"epochs": epochs})
     losses: list[float] = []
 

@@ -52,6 +52,51 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+class CNN1d(nn.Module):
+    """A 1-D convolutional network: input dropout, conv blocks, then the MLP head with its per-layer dropout.
+
+    Each block is Conv1d (same padding) -> [BatchNorm1d] -> activation -> Dropout1d -> MaxPool1d(2): dropout
+    per block drops whole channels (neighbouring positions of one feature map are correlated, so dropping single
+    values would barely regularize; Tompson et al. 2015). Inputs are rows of ``in_features`` values, one channel.
+    ``dropout`` is the input's rate, then one per conv block, then one per hidden layer of the head.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        channels: tuple[int, ...],
+        kernel_size: int,
+        hidden: tuple[int, ...],
+        dropout: tuple[float, ...],
+        batch_norm: bool = False,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        if len(dropout) != 1 + len(channels) + len(hidden):
+            raise ValueError(
+                f"need {1 + len(channels) + len(hidden)} dropout rates (input + conv + hidden), got {len(dropout)}"
+            )
+        blocks: list[nn.Module] = [nn.Dropout(dropout[0])]
+        width, length = 1, in_features
+        for c, p in zip(channels, dropout[1 : 1 + len(channels)], strict=True):
+            blocks.append(nn.Conv1d(width, c, kernel_size, padding=kernel_size // 2))
+            if batch_norm:
+                blocks.append(nn.BatchNorm1d(c))
+            blocks += [_ACTIVATIONS[activation](), nn.Dropout1d(p)]
+            if length >= 2:
+                blocks.append(nn.MaxPool1d(2))
+                length //= 2
+            width = c
+        self.features = nn.Sequential(*blocks)
+        head_rates = (0.0, *dropout[1 + len(channels) :])  # the head's input is the last block's (already dropped)
+        self.head = MLP(width * length, num_classes, hidden, head_rates, batch_norm, activation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x.unsqueeze(1))  # [B, L] -> [B, 1, L]
+        return self.head(h.flatten(1))
+
+
 class Standardized(nn.Module):
     """``net`` on raw inputs: standardizes with the training split's ``mean`` and ``std`` first.
 
@@ -83,6 +128,10 @@ def build_network(
     """The study's network for one trial's dropout rates."""
     if spec.type == "mlp":
         return MLP(in_features, num_classes, spec.hidden, dropout, batch_norm, spec.activation)
+    if spec.type == "cnn1d":
+        return CNN1d(
+            in_features, num_classes, spec.channels, spec.kernel_size, spec.hidden, dropout, batch_norm, spec.activation
+        )
     assert spec.factory is not None
     fn = load_callable(spec.factory, base_dir, "network.factory")
     model = fn(in_features=in_features, num_classes=num_classes, dropout=list(dropout), batch_norm=batch_norm)
@@ -95,9 +144,10 @@ def build_network(
 
 @torch.no_grad()
 def apply_max_norm(model: nn.Module, c: float) -> None:
-    """Constrain each unit's incoming weight vector to L2 norm <= c (Srivastava et al. 2014, sec. 5.1)."""
+    """Constrain each unit's incoming weight vector (a conv filter's, too) to L2 norm <= c (Srivastava et al. 2014,
+    sec. 5.1)."""
     for m in model.modules():
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear | nn.Conv1d):
             m.weight.copy_(torch.renorm(m.weight, p=2, dim=0, maxnorm=c))
 
 

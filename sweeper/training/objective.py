@@ -30,7 +30,7 @@ def fit(
     seed_everything(seed)
     model = build_network(spec.network, data.in_features, data.num_classes, hp.dropout, hp.batch_norm, spec.base_dir)
     model.to(data.train.x.device)
-    return model, train(model, data, hp, spec.train, seed, on_epoch, on_step)
+    return model, train(model, data, hp, spec.train, seed, on_epoch, on_step, spec.metric)
 
 
 def prepare_data(spec: StudySpec, device: torch.device | str | None = None) -> Dataset:
@@ -60,7 +60,7 @@ class Objective:
         self.lr: float | None = None  # the last trial's learning rate (the worker records it)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        hp = self.spec.space.suggest(trial, self.spec.network.n_hidden)
+        hp = self.spec.space.suggest(trial, self.spec.network.n_hidden, self.spec.network.n_conv)
         self.lr = self.spec.train.base_lr * hp.lr_scale
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:

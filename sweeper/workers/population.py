@@ -78,7 +78,7 @@ class PopulationRunner:
                 break
             tag_trial(trial, self.where)
             try:
-                hp: Hparams = self.spec.space.suggest(trial, self.spec.network.n_hidden)
+                hp: Hparams = self.spec.space.suggest(trial, self.spec.network.n_hidden, self.spec.network.n_conv)
             except ValueError as e:  # the study file's space does not fit its network: every trial would fail
                 self._finish(trial, TrialState.FAIL, reason=str(e))
                 self.trainer.add(keys, hps, seeds)

@@ -22,6 +22,7 @@ from sweeper.study import optuna_internals as internals
 from sweeper.study.record import StudyRecord, heartbeat_settings, is_best_so_far, set_end_reason, set_lr, tag_trial
 from sweeper.tracking.tracker import MlflowTracker
 from sweeper.training.objective import Diverged, Objective, prepare_data
+from sweeper.training.population.trainer import unstackable
 from sweeper.workers.budget import claim
 from sweeper.workers.heartbeat import Heartbeat
 from sweeper.workers.progress import ProgressBar, quiet_trial_tracebacks
@@ -78,7 +79,10 @@ def run_worker(
     keep = tracker.keep_weights if tracker is not None else None  # the selected network goes with its run
     try:
         size = population or spec.train.population
-        if size > 1 and spec.network.type == "mlp":  # user networks cannot be stacked: they run one at a time
+        why_not = unstackable(spec)
+        if size > 1 and why_not:
+            log.info("training one trial at a time, not %d stacked: %s", size, why_not)
+        if size > 1 and not why_not:
             from sweeper.workers.population import PopulationRunner
 
             with Shutdown() as stop:

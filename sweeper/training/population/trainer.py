@@ -18,11 +18,27 @@ import torch
 import torch.nn.functional as F
 
 from sweeper.study.space import Hparams
-from sweeper.study.spec import NetworkSpec, TrainSpec
+from sweeper.study.spec import NetworkSpec, StudySpec, TrainSpec
 from sweeper.training.data import Dataset, Split
 from sweeper.training.population.optim import decay_lr, max_norm_, sgd_step
 from sweeper.training.population.stacked import StackedMLP
 from sweeper.training.train import StepHook
+
+
+def unstackable(spec: StudySpec) -> str | None:
+    """Why ``spec``'s trials cannot be trained as a stacked population (then they run one at a time), or None.
+
+    The population stacks the built-in MLP trained with SGD and the dropout paper's regularizers.
+    """
+    if spec.network.type != "mlp":
+        return f"network {spec.network.type!r} is not the built-in mlp"
+    extras = ("label_smoothing", "mixup_alpha", "grad_clip", "ema_decay")
+    named = [k for k in extras if getattr(spec.space, k) is not None]
+    if spec.space.optimizer.words() != ["sgd"]:
+        named.insert(0, "optimizer")
+    if spec.train.early_stopping_patience is not None:
+        named.append("train.early_stopping_patience")
+    return f"the population trains SGD with the dropout paper's regularizers, not {', '.join(named)}" if named else None
 
 
 @dataclass
