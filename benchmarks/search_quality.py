@@ -22,6 +22,7 @@ validation carve, the same rows for every method):
             pruning after 2 epochs, standardize always): what the new defaults changed, paired.
   +adamw, +smoothing, +mixup, +clip, +ema, +early-stop   the minimal study file plus one addition searched
             (``VARIANTS``), the same trial budget as sweeper (its CPU time is in the CPU s column).
+  +population  the minimal study file with ``train.population: 4`` (4 trials stacked, one worker).
   cnn-study   on the mnist1d-cnn task: the space of studies/mnist1d_cnn.yaml (channel dropout, optimizer,
             label smoothing) vs the CNN with sweeper's default space.
   textbook  ``benchmarks/textbook_sweep.py``'s loop (TPE, median pruner, DataLoader) until B CPU seconds.
@@ -63,6 +64,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "+clip": {"space": {"grad_clip": {"low": 0.5, "high": 10.0, "optional": True}}},
     "+ema": {"space": {"ema_decay": {"low": 0.9, "high": 0.999, "optional": True}}},
     "+early-stop": {"train": {"early_stopping_patience": 5}},
+    "+population": {"train": {"population": 4}},  # issue 17's lever: 4 trials stacked, more trials per CPU second
     "cnn-study": {"space": {"dropout_conv": [0.0, 0.3], "optimizer": ["sgd", "adamw"], "label_smoothing": [0.0, 0.2]}},
 }
 METHODS = ("sweeper", *VARIANTS, "textbook", "random", "ray-tune")
@@ -71,8 +73,13 @@ TASKS: dict[str, dict[str, Any]] = {  # epochs at --epochs-scale 1; scale: Stand
     "digits": {"data": {"dataset": "digits"}, "hidden": [256, 256], "epochs": 20, "scale": True},
     "tabular": {"data": {"dataset": "file", "split": "given"}, "hidden": [256, 256], "epochs": 20, "scale": True},
     # sweeper and its variants only (the peers' loops build MLPs): the 1-D CNN of studies/mnist1d_cnn.yaml
-    "mnist1d-cnn": {"data": {"dataset": "mnist1d_standard"}, "hidden": [128], "epochs": 20, "scale": False,
-                    "network": {"type": "cnn1d", "channels": [32, 32], "kernel_size": 5}},
+    "mnist1d-cnn": {
+        "data": {"dataset": "mnist1d_standard"},
+        "hidden": [128],
+        "epochs": 20,
+        "scale": False,
+        "network": {"type": "cnn1d", "channels": [32, 32], "kernel_size": 5},
+    },
 }
 FULL = {"trials": 20, "seeds": 10, "jobs": 2}  # the default full run, for the time estimate
 
@@ -240,8 +247,9 @@ def task_table(records: list[dict[str, Any]], task: str) -> str:
         trials = f"{n['complete']:.1f}/{n['pruned']:.1f}/{n['cut']:.1f}"
         clock = runs[next(iter(runs))]["clock"]
         lines.append(
-            f"{method:<11} {len(runs):>6} {trials:>25} {budget:>8.1f} {clock:<4} {used:>6.1f} {np.nanmean(tests):>9.4f} "
-            f"{np.nanpercentile(tests, 10):>7.4f} {np.nanmin(tests):>7.4f} {np.nanmean(vals):>8.4f}   {diff}"
+            f"{method:<11} {len(runs):>6} {trials:>25} {budget:>8.1f} {clock:<4} {used:>6.1f} "
+            f"{np.nanmean(tests):>9.4f} {np.nanpercentile(tests, 10):>7.4f} {np.nanmin(tests):>7.4f} "
+            f"{np.nanmean(vals):>8.4f}   {diff}"
         )
     return "\n".join(lines)
 

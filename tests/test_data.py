@@ -147,3 +147,23 @@ def test_python_function_can_give_the_splits(tmp_path: Path) -> None:
     assert (len(d.train.x), len(d.val.x), len(d.test.x)) == (42, 8, 10)
     with pytest.raises(SpecError, match="must return a dict"):
         load_dataset(DataSpec(dataset="python", function="splits.py:pair", split="given"), 0, str(tmp_path))
+
+
+def test_a_launch_loads_its_data_once_and_a_changed_file_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The study file's check, the worker and the test scoring share one load in the launching process."""
+    import sweeper.training.data as data
+
+    calls: list[str] = []
+    real = data.load_arrays
+    monkeypatch.setattr(data, "load_arrays", lambda spec, *a: calls.append(spec.dataset) or real(spec, *a))
+    x, y = np.random.default_rng(7).normal(size=(300, 6)), np.arange(300) % 3
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    spec = parse_spec(tiny_spec_dict("once", trials=2, data={"dataset": "file", "path": "d.npz"}), base_dir=tmp_path)
+    api.launch(spec, storage=f"sqlite:///{tmp_path}/s.db", tracking=f"sqlite:///{tmp_path}/m.db")
+    assert calls == ["file"], "one load for the check, the worker, the test scoring and the exported model"
+    np.savez(tmp_path / "d.npz", x=x + 1, y=y)
+    import os
+
+    os.utime(tmp_path / "d.npz", ns=(0, 10**18))  # a changed file: a new stamp even within one clock tick
+    data.load_raw_splits(spec.data, spec.seed, spec.base_dir)
+    assert calls == ["file", "file"]

@@ -8,8 +8,8 @@ import numpy as np
 import optuna
 
 from conftest import tiny_spec_dict
-from sweeper.study.record import StudyRecord
 from sweeper.study.recipes import LITERATURE, literature_points
+from sweeper.study.record import StudyRecord
 from sweeper.study.spec import parse_spec
 from sweeper.training.data import load_dataset, needs_standardizing
 

@@ -55,8 +55,10 @@ def _sequential(spec: StudySpec, data: Dataset, hp: Hparams, seed: int) -> list[
     [
         Hparams(dropout=(0.0, 0.0), weight_decay=1e-3, momentum=0.9, lr_scale=3.0, max_norm=1.0, lr_decay=0.9, l1=1e-4),
         Hparams(dropout=(0.0, 0.0), batch_norm=True, weight_decay=1e-3, momentum=0.95, lr_scale=2.0, r_drop_alpha=0.5),
+        Hparams(dropout=(0.0, 0.0), batch_norm=True, momentum=0.9, lr_scale=20.0, label_smoothing=0.2, grad_clip=0.3),
+        Hparams(dropout=(0.0, 0.0), momentum=0.9, lr_scale=3.0, r_drop_alpha=0.5, label_smoothing=0.1),
     ],
-    ids=["l2-l1-maxnorm-decay", "batchnorm-rdrop"],
+    ids=["l2-l1-maxnorm-decay", "batchnorm-rdrop", "smoothing-clip", "smoothing-rdrop"],
 )
 def test_population_of_one_matches_sequential_trainer(spec3: StudySpec, data: Dataset, hp: Hparams) -> None:
     # dropout 0: same init (same seed), same batch order (same generator), so the same numbers

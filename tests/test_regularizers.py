@@ -10,9 +10,9 @@ import optuna
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_spec_dict
 from mlflow import MlflowClient
 
+from conftest import tiny_spec_dict
 from sweeper import api
 from sweeper.errors import SpecError
 from sweeper.study.recipes import literature_points
@@ -27,7 +27,8 @@ BASE = {"dropout.input": 0.1, "dropout.hidden_1": 0.3, "weight_decay": 1e-4, "mo
         "max_norm.enabled": False, "batch_norm": False, "lr_decay": 1.0}  # fmt: skip
 #: each option: (what the study file's space writes, the trial's parameters for it)
 OPTIONS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "adamw": ({"optimizer": ["sgd", "adamw"]}, {"optimizer": "adamw", "adamw.lr_scale": 1.0, "adamw.weight_decay": 0.05}),
+    "adamw": ({"optimizer": ["sgd", "adamw"]},
+              {"optimizer": "adamw", "adamw.lr_scale": 1.0, "adamw.weight_decay": 0.05}),
     "label_smoothing": ({"label_smoothing": [0.0, 0.3]}, {"label_smoothing": 0.2}),
     "mixup": ({"mixup_alpha": [0.1, 0.4]}, {"mixup.alpha": 0.3}),
     "grad_clip": ({"grad_clip": [0.1, 10.0]}, {"grad_clip": 0.1}),
@@ -185,7 +186,9 @@ def test_a_cnn_sweep_runs_end_to_end_and_its_best_model_takes_raw_rows(tmp_path:
 
 def test_options_the_population_cannot_stack_run_one_trial_at_a_time() -> None:
     assert unstackable(_spec()) is None
-    assert "label_smoothing" in (unstackable(_spec({"label_smoothing": [0.0, 0.2]})) or "")
+    assert unstackable(_spec({"label_smoothing": [0.0, 0.2], "grad_clip": [0.5, 5.0]})) is None  # these stack
+    assert "mixup_alpha" in (unstackable(_spec({"mixup_alpha": [0.1, 0.4]})) or "")
+    assert "ema_decay" in (unstackable(_spec({"ema_decay": [0.9, 0.99]})) or "")
     assert "optimizer" in (unstackable(_spec({"optimizer": "adamw"})) or "")
     assert "early_stopping" in (unstackable(_spec(early_stopping_patience=3)) or "")
     cnn = parse_spec(tiny_spec_dict(network={"type": "cnn1d"}))

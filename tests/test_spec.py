@@ -134,3 +134,11 @@ def test_standard_mnist1d_split_defaults_and_round_trip() -> None:
 def test_empty_list_of_hidden_dropout_ranges_is_refused() -> None:
     with pytest.raises(SpecError, match=r"space.dropout_hidden: give a range like \[0.2, 0.5\]"):
         parse_spec({"name": "x", "space": {"dropout_hidden": []}})
+
+
+def test_the_readme_study_file_reference_is_a_valid_study_file() -> None:
+    """Every key the README documents in its study-file block is one the parser takes."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text[text.index("```yaml\nname: mnist1d-mlp") + len("```yaml\n") :]
+    spec = parse_spec(yaml.safe_load(block[: block.index("```")]))
+    assert spec.train.early_stopping_patience == 5 and spec.network.channels == (32, 32)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from sweeper.errors import SpecError
 from sweeper.study.space import Space
@@ -119,18 +119,11 @@ class NetworkSpec(_Section):
     factory: str | None = Field(None, description="python: 'file.py:fn' building an nn.Module")
     hidden_layers: int | None = Field(None, ge=0, description="python: how many hidden dropout rates fn takes")
 
-    @field_validator("hidden")
+    @field_validator("hidden", "channels")
     @classmethod
-    def _widths(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+    def _widths(cls, v: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
         if not v or any(w < 1 for w in v):
-            raise ValueError(f"hidden must list at least one positive width, but got {list(v)!r}")
-        return v
-
-    @field_validator("channels")
-    @classmethod
-    def _channels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or any(c < 1 for c in v):
-            raise ValueError(f"channels must list at least one positive count, but got {list(v)!r}")
+            raise ValueError(f"{info.field_name} must list at least one positive width, but got {list(v)!r}")
         return v
 
     @model_validator(mode="after")

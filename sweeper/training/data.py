@@ -6,6 +6,7 @@ A source gives either one (x, y), split at random into train / val / test, or it
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -208,7 +209,19 @@ def load_raw_splits(spec: DataSpec, seed: int, base_dir: str = ".") -> RawSplits
     """The splits of ``load_dataset`` (same rows, same label indices), before standardization.
 
     ``x`` is float32 ``[n, features]``, ``y`` int64 class indices; what a model exported by sweeper takes.
+    Loaded once per process for the same data: a launch's check of the study file, its worker and its test
+    scoring share one load (a data file is loaded again when it changed on disk). Nothing may write to them.
     """
+    base = str(Path(base_dir).resolve())
+    stamp = None
+    if spec.dataset == "file" and spec.path:
+        st = (Path(base) / spec.path).stat() if (Path(base) / spec.path).exists() else None
+        stamp = (st.st_mtime_ns, st.st_size) if st else None
+    return _raw_splits(spec, seed, base, stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _raw_splits(spec: DataSpec, seed: int, base_dir: str, stamp: tuple[int, int] | None) -> RawSplits:
     parts = load_arrays(spec, seed, base_dir)
     xs = {k: np.asarray(x, dtype=np.float32).reshape(len(x), -1) for k, (x, _) in parts.items()}
     for k, (x, y) in parts.items():

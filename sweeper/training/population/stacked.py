@@ -78,6 +78,8 @@ class StackedMLP:
             d["max_norm"] = torch.tensor(hp.max_norm if hp.max_norm else math.inf)
             d["l1"] = torch.tensor(hp.l1 or 0.0)
             d["r_drop"] = torch.tensor(hp.r_drop_alpha or 0.0)
+            d["smooth"] = torch.tensor(hp.label_smoothing or 0.0)
+            d["clip"] = torch.tensor(hp.grad_clip if hp.grad_clip else math.inf)
             d["bn"] = torch.tensor(hp.batch_norm)
             per.append(d)
         t = {k: torch.stack([d[k] for d in per]).to(device) for k in per[0]}
@@ -102,6 +104,7 @@ class StackedMLP:
         self.any_max_norm = bool(torch.isfinite(t["max_norm"]).any()) if self.size else False
         self.any_l1 = bool((t["l1"] > 0).any()) if self.size else False
         self.any_r_drop = bool((t["r_drop"] > 0).any()) if self.size else False
+        self.any_clip = bool(torch.isfinite(t["clip"]).any()) if self.size else False
 
     def select(self, idx: Sequence[int]) -> None:
         """Keep only the members at ``idx`` (in that order)."""

@@ -28,17 +28,19 @@ from sweeper.training.train import StepHook
 def unstackable(spec: StudySpec) -> str | None:
     """Why ``spec``'s trials cannot be trained as a stacked population (then they run one at a time), or None.
 
-    The population stacks the built-in MLP trained with SGD and the dropout paper's regularizers.
+    The population stacks the built-in MLP trained with SGD, the dropout paper's regularizers, label smoothing
+    and gradient clipping.
     """
     if spec.network.type != "mlp":
         return f"network {spec.network.type!r} is not the built-in mlp"
-    extras = ("label_smoothing", "mixup_alpha", "grad_clip", "ema_decay")
+    extras = ("mixup_alpha", "ema_decay")  # label smoothing and gradient clipping stack: see _member_loss, _clip_
     named = [k for k in extras if getattr(spec.space, k) is not None]
     if spec.space.optimizer.words() != ["sgd"]:
         named.insert(0, "optimizer")
     if spec.train.early_stopping_patience is not None:
         named.append("train.early_stopping_patience")
-    return f"the population trains SGD with the dropout paper's regularizers, not {', '.join(named)}" if named else None
+    why = "the population trains SGD with the dropout paper's regularizers, label smoothing and gradient clipping"
+    return f"{why}, not {', '.join(named)}" if named else None
 
 
 @dataclass
@@ -49,10 +51,25 @@ class EpochResult:
     error: str | None = None  # set when the member diverged
 
 
-def _member_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy per member: ``[K, B, C]``, ``[K, B]`` -> ``[K]``."""
+def _member_loss(logits: torch.Tensor, y: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy per member, each with its label smoothing ``smooth`` (``[K]``): ``[K, B, C]`` -> ``[K]``.
+
+    ``F.cross_entropy(label_smoothing=e)``'s formula: ``(1 - e) * nll + e * mean over classes of -log p``.
+    """
     k, b = y.shape
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(k, b).mean(1)
+    logp = F.log_softmax(logits.float(), -1)
+    nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    e = smooth.view(-1, 1)
+    return ((1 - e) * nll - e * logp.mean(-1)).mean(1)
+
+
+@torch.no_grad()
+def _clip_(grads: dict[str, torch.Tensor], clip: torch.Tensor) -> None:
+    """Each member's gradient to total norm <= ``clip`` (``[K]``), as ``clip_grad_norm_`` over its parameters."""
+    norm = torch.stack([g.float().pow(2).flatten(1).sum(1) for g in grads.values()]).sum(0).sqrt()
+    coef = (clip / (norm + 1e-6)).clamp(max=1.0)
+    for g in grads.values():
+        g.mul_(coef.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
 
 
 def _member_kl(l1: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
@@ -136,14 +153,14 @@ class PopulationTrainer:
         assert net is not None
         with self._autocast():
             logits = net.forward(xb, True, self.mask_gens[0], bn_update=active)
-            loss = _member_loss(logits, yb)
+            loss = _member_loss(logits, yb, net.t["smooth"])
             if net.any_r_drop:
                 alpha = net.t["r_drop"]
                 # R-Drop's second pass moves the batch-norm running statistics of R-Drop members only (as
                 # train.train's second forward pass does), never those of the members beside them
                 second = alpha > 0 if active is None else (alpha > 0) & active
                 logits2 = net.forward(xb, True, self.mask_gens[1], bn_update=second)
-                both = 0.5 * (loss + _member_loss(logits2, yb)) + alpha * _member_kl(logits, logits2)
+                both = 0.5 * (loss + _member_loss(logits2, yb, net.t["smooth"])) + alpha * _member_kl(logits, logits2)
                 loss = torch.where(alpha > 0, both, loss)
         reported = loss.detach()
         if net.any_l1:
@@ -153,7 +170,10 @@ class PopulationTrainer:
         names = net.param_names
         # batch-norm parameters get no gradient when no member uses batch norm: SGD skips them too
         grads = torch.autograd.grad(loss.sum(), [net.t[n] for n in names], allow_unused=True)
-        sgd_step(net, {n: g for n, g in zip(names, grads, strict=True) if g is not None}, active)
+        used = {n: g for n, g in zip(names, grads, strict=True) if g is not None}
+        if net.any_clip:
+            _clip_(used, net.t["clip"])
+        sgd_step(net, used, active)
         if net.any_max_norm:
             max_norm_(net, active)
         return reported
