@@ -27,8 +27,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 @pytest.fixture(autouse=True)
 def _fast_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    # worker processes: beat every second, and a grace a loaded machine cannot starve a live worker past (the
+    # grace tests below set their own, 2 s)
     monkeypatch.setenv("SWEEPER_HEARTBEAT", "1")
-    monkeypatch.setenv("SWEEPER_HEARTBEAT_GRACE", "2")
+    monkeypatch.setenv("SWEEPER_HEARTBEAT_GRACE", "6")
 
 
 def test_racing_claims_never_create_a_trial_past_the_budget(storage_url: str) -> None:
@@ -62,8 +64,11 @@ def test_racing_claims_never_create_a_trial_past_the_budget(storage_url: str) ->
     assert len(first.get_trials(states=(TrialState.WAITING,))) == 0  # the queued ones were claimed first
 
 
-def test_a_trial_that_never_beat_is_failed_after_the_grace_period_and_retried(storage_url: str) -> None:
+def test_a_trial_that_never_beat_is_failed_after_the_grace_period_and_retried(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A worker killed between creating its trial and its first heartbeat: the slot is freed, the trial retried."""
+    monkeypatch.setenv("SWEEPER_HEARTBEAT_GRACE", "2")  # the reaper's grace for trials that never beat
     study = optuna.load_study(
         study_name=optuna.create_study(storage=make_storage(storage_url)).study_name,
         storage=make_storage(storage_url, heartbeat_interval=1, grace_period=2),

@@ -377,7 +377,9 @@ def test_lost_node_is_survived_with_the_budget_exact(nodes: TwoNodes, pg_url: st
     path = study_file(tmp_path, "ray-loss", trials=budget, pruner="none", train={"epochs": 30, "batch_size": 16})
     log = tmp_path / "launch.log"
     args = [path, "--ray", nodes.address, "--workers", "2", "--storage", pg_url, "--tracking-uri", ""]
-    proc = launch_process(args, log, SWEEPER_HEARTBEAT="1", SWEEPER_HEARTBEAT_GRACE="3")
+    # grace 8 s: long enough that a live worker starved by a loaded machine is not taken for lost (seen with 3 s:
+    # a second, healthy trial failed and retried), short enough to recover the lost one quickly
+    proc = launch_process(args, log, SWEEPER_HEARTBEAT="1", SWEEPER_HEARTBEAT_GRACE="8")
     try:
 
         def on_worker_node() -> FrozenTrial | None:
