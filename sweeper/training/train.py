@@ -61,15 +61,17 @@ class Criterion:
 
     def __call__(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         hp, smooth = self.hp, self.hp.label_smoothing or 0.0
-        targets = [(1.0, yb)]
+        lam, y2 = 1.0, yb
         if hp.mixup_alpha:
             lam = float(self.rng.beta(hp.mixup_alpha, hp.mixup_alpha))
             perm = torch.randperm(len(xb), generator=gen, device=xb.device)
-            xb = lam * xb + (1.0 - lam) * xb[perm]
-            targets = [(lam, yb), (1.0 - lam, yb[perm])]
+            xb, y2 = lam * xb + (1.0 - lam) * xb[perm], yb[perm]
 
         def ce(logits: torch.Tensor) -> torch.Tensor:
-            return sum(w * F.cross_entropy(logits, t, label_smoothing=smooth) for w, t in targets)  # type: ignore
+            loss = F.cross_entropy(logits, yb, label_smoothing=smooth)
+            if hp.mixup_alpha:
+                loss = lam * loss + (1.0 - lam) * F.cross_entropy(logits, y2, label_smoothing=smooth)
+            return loss
 
         logits = model(xb)
         if not hp.r_drop_alpha:
