@@ -182,6 +182,9 @@ def test_a_cnn_sweep_runs_end_to_end_and_its_best_model_takes_raw_rows(tmp_path:
     with torch.no_grad():
         pred = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/best_model")(torch.from_numpy(raw_x)).argmax(-1)
     assert ((pred == torch.from_numpy(y)).sum() / len(y)).item() == rep.test["test_accuracy"]
+    exp = client.get_experiment_by_name("cnn").experiment_id
+    logged = client.search_runs([exp], "tags.`sweeper.role` = 'trial'")
+    assert logged and all({"dropout.conv_1", "optimizer", "label_smoothing"} <= set(r.data.params) for r in logged)
 
 
 def test_options_the_population_cannot_stack_run_one_trial_at_a_time() -> None:
