@@ -105,6 +105,7 @@ class StackedMLP:
         self.any_l1 = bool((t["l1"] > 0).any()) if self.size else False
         self.any_r_drop = bool((t["r_drop"] > 0).any()) if self.size else False
         self.any_clip = bool(torch.isfinite(t["clip"]).any()) if self.size else False
+        self.any_smooth = bool((t["smooth"] > 0).any()) if self.size else False
 
     def select(self, idx: Sequence[int]) -> None:
         """Keep only the members at ``idx`` (in that order)."""

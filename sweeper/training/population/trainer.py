@@ -51,12 +51,14 @@ class EpochResult:
     error: str | None = None  # set when the member diverged
 
 
-def _member_loss(logits: torch.Tensor, y: torch.Tensor, smooth: torch.Tensor) -> torch.Tensor:
+def _member_loss(logits: torch.Tensor, y: torch.Tensor, smooth: torch.Tensor | None) -> torch.Tensor:
     """Mean cross-entropy per member, each with its label smoothing ``smooth`` (``[K]``): ``[K, B, C]`` -> ``[K]``.
 
     ``F.cross_entropy(label_smoothing=e)``'s formula: ``(1 - e) * nll + e * mean over classes of -log p``.
     """
     k, b = y.shape
+    if smooth is None:  # no member smooths: the fused kernel
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(k, b).mean(1)
     logp = F.log_softmax(logits.float(), -1)
     nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     e = smooth.view(-1, 1)
@@ -153,14 +155,15 @@ class PopulationTrainer:
         assert net is not None
         with self._autocast():
             logits = net.forward(xb, True, self.mask_gens[0], bn_update=active)
-            loss = _member_loss(logits, yb, net.t["smooth"])
+            smooth = net.t["smooth"] if net.any_smooth else None
+            loss = _member_loss(logits, yb, smooth)
             if net.any_r_drop:
                 alpha = net.t["r_drop"]
                 # R-Drop's second pass moves the batch-norm running statistics of R-Drop members only (as
                 # train.train's second forward pass does), never those of the members beside them
                 second = alpha > 0 if active is None else (alpha > 0) & active
                 logits2 = net.forward(xb, True, self.mask_gens[1], bn_update=second)
-                both = 0.5 * (loss + _member_loss(logits2, yb, net.t["smooth"])) + alpha * _member_kl(logits, logits2)
+                both = 0.5 * (loss + _member_loss(logits2, yb, smooth)) + alpha * _member_kl(logits, logits2)
                 loss = torch.where(alpha > 0, both, loss)
         reported = loss.detach()
         if net.any_l1:
