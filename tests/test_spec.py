@@ -67,6 +67,11 @@ def test_values_can_be_fixed_ranged_or_off() -> None:
         ({"data": {"dataset": "mnist1d", "split": "given"}}, ["no given test split", "mnist1d_standard"]),
         ({"data": {"dataset": "file", "path": "d.csv", "split": "given"}}, ["'d.csv'", "numpy.savez"]),
         ({"data": {"split": "official"}}, ["data.split", "official"]),
+        ({"space": {"dropout_hidden": [[0.2, 0.5], [0.2, 0.5]]}}, ["dropout_hidden", "1 in this network", "got 2"]),
+        (
+            {"network": {"type": "cnn1d", "channels": [8, 8]}, "space": {"dropout_conv": [[0.0, 0.2]] * 3}},
+            ["dropout_conv", "2 in this network", "got 3"],
+        ),
     ],
 )
 def test_bad_values_name_the_field(override: dict, words: list[str]) -> None:

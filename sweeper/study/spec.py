@@ -196,6 +196,18 @@ class StudySpec(_Section):
         return self
 
     @model_validator(mode="after")
+    def _layers(self) -> StudySpec:
+        # a list of per-layer ranges must have one range per layer of the network
+        for field, n in (("dropout_hidden", self.network.n_hidden), ("dropout_conv", self.network.n_conv)):
+            ranges = getattr(self.space, field)
+            if isinstance(ranges, tuple) and len(ranges) != n and not (field == "dropout_conv" and n == 0):
+                raise ValueError(
+                    f"space.{field} needs one range per layer ({n} in this network), but got {len(ranges)} "
+                    f"ranges; give one per layer, or a single range [low, high] for all"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _direction(self) -> StudySpec:
         natural = "maximize" if self.metric == "val_accuracy" else "minimize"
         if self.direction is None:
