@@ -30,6 +30,9 @@ from sweeper.workers.worker import run_worker
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # slow enough (a few hundred steps an epoch) that a signal lands mid-trial
 SLOW = {"epochs": 3, "batch_size": 8}
+# worker processes draw their own sampler seeds: a space that cannot diverge, so a trial is still training when
+# the test looks for one mid-training (a diverged trial ends in a moment)
+SAFE = {"lr_scale": [1.0, 3.0]}
 
 
 @pytest.fixture(autouse=True)
@@ -102,7 +105,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(pg_db: str) -> None:
-    spec = parse_spec(tiny_spec_dict("killed", trials=2, train=SLOW))
+    spec = parse_spec(tiny_spec_dict("killed", trials=2, train=SLOW, space=SAFE))
     api.create(spec, storage=pg_db, tracking="")
     proc = _one_worker("killed", pg_db)
     try:
@@ -135,7 +138,7 @@ def test_sigterm_stops_worker_cleanly_and_queues_its_trial(
     url = f"sqlite:///{tmp_path}/study.db"
     budget = population or 1
     # ~0.1 s an epoch: the signal lands mid-trial, well before its 30th epoch
-    spec = parse_spec(tiny_spec_dict("term", trials=budget, train={"epochs": 30, "batch_size": 8}))
+    spec = parse_spec(tiny_spec_dict("term", trials=budget, train={"epochs": 30, "batch_size": 8}, space=SAFE))
     api.create(spec, storage=url, tracking=tracking_uri)
     proc = start_workers("term", url, tracking_uri, 1, "none", population)[0]
     try:
@@ -258,7 +261,7 @@ def test_worker_whose_trial_was_taken_during_an_outage_drops_it_and_goes_on(
     from mlflow import MlflowClient
 
     monkeypatch.setenv("SWEEPER_DB_RETRY_S", "60")
-    spec = parse_spec(tiny_spec_dict("taken", trials=2, train={"epochs": 30, "batch_size": 16}))
+    spec = parse_spec(tiny_spec_dict("taken", trials=2, train={"epochs": 30, "batch_size": 16}, space=SAFE))
     api.create(spec, storage=pg_db, tracking=tracking_uri)
     log = tmp_path / "worker.log"
     proc = _worker("taken", log, pg_db, tracking_uri)
@@ -341,7 +344,7 @@ def test_database_gone_for_longer_than_the_retry_window_is_one_message(
     from sweeper.cli import main
 
     monkeypatch.setenv("SWEEPER_DB_RETRY_S", "3")
-    spec = parse_spec(tiny_spec_dict("gone", trials=2, train={"epochs": 40, "batch_size": 16}))
+    spec = parse_spec(tiny_spec_dict("gone", trials=2, train={"epochs": 40, "batch_size": 16}, space=SAFE))
     api.create(spec, storage=pg_db, tracking="")
     log, secret = tmp_path / "worker.log", pg_db.replace("postgres@", "postgres:s3cret@")
     proc = _worker("gone", log, secret, "")
