@@ -29,7 +29,7 @@ from sweeper.workers.worker import run_worker
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # slow enough (a few hundred steps an epoch) that a signal lands mid-trial
-SLOW = {"epochs": 3, "batch_size": 8}
+SLOW = {"epochs": 10, "batch_size": 8}  # 3 epochs ended before a poll saw one mid-trial on a quiet CI machine
 # worker processes draw their own sampler seeds: a space that cannot diverge, so a trial is still training when
 # the test looks for one mid-training (a diverged trial ends in a moment)
 SAFE = {"lr_scale": [1.0, 3.0]}
