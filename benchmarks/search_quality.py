@@ -126,7 +126,7 @@ def study_file(task: str, seed: int, trials: int, epochs: int, workdir: Path, va
 
 
 def run_unit(
-    task: str, seed: int, methods: list[str], trials: int, epochs: int, ray_min: float
+    task: str, seed: int, methods: list[str], trials: int, epochs: int, ray_min: float, cpu_min: float = 0.0
 ) -> list[dict[str, Any]]:
     """All methods on one task and seed, in this process (one torch thread): sweeper first, its CPU time is B."""
     import optuna
@@ -152,7 +152,7 @@ def run_unit(
                 rec = sm.run_sweeper(study_file(task, seed, trials, epochs, work, variant=method), trials, work)
                 out.append({**info, "method": method, **rec})
             elif method in ("textbook", "random"):
-                out.append({**info, "method": method, **sm.run_textbook(job, method, budget)})
+                out.append({**info, "method": method, **sm.run_textbook(job, method, max(budget, cpu_min))})
             elif method == "ray-tune":
                 out.append({**info, "method": method, **sm.run_ray(job, max(budget, ray_min), work)})
     return out
@@ -162,7 +162,8 @@ def run_all(args: argparse.Namespace, meta: dict[str, Any]) -> list[dict[str, An
     """Every (task, seed) unit, ``--jobs`` at a time in spawned processes; the JSON is rewritten after each."""
     others = [m for m in args.methods if m != "sweeper"]
     epochs = {t: max(1, round(TASKS[t]["epochs"] * args.epochs_scale)) for t in args.tasks}
-    units = [(t, s, others, args.trials, epochs[t], args.ray_min_budget) for s in args.seeds for t in args.tasks]
+    floors = (args.ray_min_budget, args.cpu_min_budget)
+    units = [(t, s, others, args.trials, epochs[t], *floors) for s in args.seeds for t in args.tasks]
     records: list[dict[str, Any]] = []
 
     def done(recs: list[dict[str, Any]]) -> None:
@@ -279,6 +280,8 @@ def header(meta: dict[str, Any], records: list[dict[str, Any]]) -> str:
         "Paired difference: per seed, method's test accuracy - sweeper's; bootstrap 95 % CI (10,000 resamples).",
         "",
     ]
+    if meta.get("cpu_min_budget"):
+        lines.insert(-1, f"textbook and random got at least {meta['cpu_min_budget']:.0f} CPU s (--cpu-min-budget).")
     if meta.get("ray_min_budget"):
         lines.insert(
             -1, f"ray-tune got at least {meta['ray_min_budget']:.0f} s (--ray-min-budget): not B where B was less."
@@ -386,12 +389,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies every task's epochs")
     p.add_argument("--jobs", type=int, default=1, help="sweeps in parallel processes (one torch thread each)")
     p.add_argument("--ray-min-budget", type=float, default=0.0, help="wall s Ray gets at least (--quick: 20)")
+    p.add_argument("--cpu-min-budget", type=float, default=0.0, help="CPU s textbook/random get at least (--quick: 5)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 seed, 4 trials, 2 epochs, temp output")
     p.add_argument("--report-only", action="store_true", help="re-make the txt and png from the JSON")
     p.add_argument("--out", type=Path, help=f"output path without suffix [{RESULTS}]")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.trials, args.epochs_scale, args.ray_min_budget = args.seeds[:1], 4, 0.1, 20.0
+        args.cpu_min_budget = 5.0  # a cold first trial must not be cut: the smoke run checks every method selects one
     args.out = args.out or (Path(tempfile.gettempdir()) / "search_quality_quick" if args.quick else RESULTS)
     return args
 
@@ -407,6 +412,7 @@ def main(argv: list[str] | None = None) -> None:
             "argv": ["search_quality.py", *sys.argv[1:]],
             "jobs": args.jobs,
             "ray_min_budget": args.ray_min_budget,
+            "cpu_min_budget": args.cpu_min_budget,
             "machine": machine(),
         }
         print(f"{len(args.tasks) * len(args.seeds)} units (task x seed) -> {args.out}.{{txt,json,png}}", flush=True)

@@ -20,8 +20,8 @@ from sweeper.study.record import StudyRecord
 from sweeper.study.space import Hparams
 from sweeper.study.spec import StudySpec, parse_spec
 from sweeper.training.data import Dataset, load_dataset
+from sweeper.training.layers import dropout
 from sweeper.training.objective import fit, prepare_data
-from sweeper.training.population.stacked import dropout
 from sweeper.training.population.trainer import PopulationTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def test_training_draws_each_members_dropout_masks_at_its_rate(
     spec3: StudySpec, data: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The population's training passes really drop units: per member, at its own rate, with its own masks."""
-    from sweeper.training.population import stacked
+    from sweeper.training import layers
 
     calls: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
@@ -97,7 +97,7 @@ def test_training_draws_each_members_dropout_masks_at_its_rate(
         calls.append((h.detach().clone(), p.clone(), out.detach().clone()))
         return out
 
-    monkeypatch.setattr(stacked, "dropout", recording)
+    monkeypatch.setattr(layers, "dropout", recording)
     rates = [(0.2, 0.5), (0.2, 0.5), (0.0, 0.0)]
     trainer = PopulationTrainer(data, spec3.train, spec3.network, mask_seed=7)
     trainer.add([0, 1, 2], [Hparams(dropout=r) for r in rates], [1, 1, 1])  # same seed: same init, same batches
@@ -189,7 +189,7 @@ def test_pruned_member_leaves_the_stack_and_the_rest_train_on_unchanged(spec3: S
     part.add(["a", "b", "c"], hps, [1, 2, 3])
     full.train_epoch(), part.train_epoch()
     part.remove(["b"])
-    assert part.size == 2 and part.net is not None and part.net.t["w0"].shape[0] == 2  # compute freed
+    assert part.size == 2 and part.stack is not None and part.stack.net.linears[0].weight.shape[0] == 2  # freed
     part.add(["d"], [hps[1]], [4])  # a refill joins at the epoch boundary, at its own epoch 0
     f2, p2 = full.train_epoch(), part.train_epoch()
     by_key = {r.key: r for r in p2}

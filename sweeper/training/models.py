@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Sequence
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from sweeper.errors import SpecError
+from sweeper.training.layers import BatchNorm, Dropout, Linear, weight_matrices
 from sweeper.training.loader import load_callable
 
 if TYPE_CHECKING:
@@ -18,11 +21,13 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.
 
 
 class MLP(nn.Module):
-    """Input dropout, then per hidden layer: Linear -> [BatchNorm] -> activation -> Dropout.
+    """Input dropout, then per hidden layer: Linear -> [BatchNorm] -> activation -> Dropout; K members side by side.
 
-    ``dropout[0]`` is the input layer's rate, ``dropout[i]`` the i-th hidden layer's. ``nn.Dropout``
-    is inverted dropout: kept units are scaled by 1/(1-p) in training, and it is the identity in
-    ``eval()``, so no rescaling is needed at test time.
+    Built, it is one network (K = 1): ``dropout[0]`` is the input layer's rate, ``dropout[i]`` the i-th hidden
+    layer's, and a ``[B, in]`` batch gives ``[B, classes]`` logits. ``MLP.stack`` puts K such networks (each with its
+    own rates, batch norm on or off) side by side for the population trainer: a ``[K, B, in]`` batch (each member's
+    own) gives ``[K, B, classes]``. The layers are ``training.layers``'s: dropout is inverted (kept units scaled by
+    1/(1-p) in training, the identity in ``eval()``), so no rescaling is needed at test time.
     """
 
     def __init__(
@@ -37,19 +42,85 @@ class MLP(nn.Module):
         super().__init__()
         if len(dropout) != len(hidden) + 1:
             raise ValueError(f"need {len(hidden) + 1} dropout rates (input + hidden), got {len(dropout)}")
-        layers: list[nn.Module] = [nn.Dropout(dropout[0])]
-        width = in_features
-        for h, p in zip(hidden, dropout[1:], strict=True):
-            layers.append(nn.Linear(width, h))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(h))
-            layers += [_ACTIVATIONS[activation](), nn.Dropout(p)]
-            width = h
-        layers.append(nn.Linear(width, num_classes))
-        self.net = nn.Sequential(*layers)
+        self.hidden, self.activation = tuple(hidden), activation
+        self.act = _ACTIVATIONS[activation]()
+        self.linears = nn.ModuleList(Linear(a, b) for a, b in pairwise((in_features, *hidden, num_classes)))
+        self.drops = nn.ModuleList(Dropout([p]) for p in dropout)
+        self.norms: nn.ModuleList | None = nn.ModuleList(BatchNorm(h) for h in hidden) if batch_norm else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    @property
+    def members(self) -> int:
+        return int(self.linears[0].weight.shape[0])
+
+    @property
+    def batch_norm(self) -> torch.Tensor:
+        """Which members use batch norm, ``[K]`` bool."""
+        if self.norms is None:
+            return torch.zeros(self.members, dtype=torch.bool, device=self.linears[0].weight.device)
+        return self.norms[0].enabled
+
+    def forward(
+        self, x: torch.Tensor, gens: Sequence[torch.Generator] = (), bn_update: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits of ``x``: ``[B, in]`` for one network, ``[K, B, in]`` for K members, each on its own batch.
+
+        ``gens``: one mask generator per dropout layer, input first (default: torch's); ``bn_update`` (``[K]``
+        bool, default all): the members whose batch-norm running statistics a training pass moves.
+        """
+        one = x.dim() == 2
+        h = x.unsqueeze(0) if one else x
+        h = self.drops[0](h, gens[0] if gens else None)
+        for i in range(len(self.hidden)):
+            h = self.linears[i](h)
+            if self.norms is not None:
+                h = self.norms[i](h, bn_update)
+            h = self.drops[i + 1](self.act(h), gens[i + 1] if gens else None)
+        out = self.linears[-1](h)
+        return out[0] if one else out
+
+    # --- the member axis ---------------------------------------------------------------------------
+
+    @classmethod
+    def stack(cls, nets: Sequence[MLP]) -> MLP:
+        """``nets`` side by side, in order (same widths and activation); with batch-norm layers where any has them,
+        switched off for the members that had none."""
+        if any(n.norms is not None for n in nets):
+            nets = [n if n.norms is not None else n._without_batch_norm_layers() for n in nets]
+        states = [n.state_dict() for n in nets]
+        out = copy.deepcopy(nets[0])
+        out._replace_(lambda name: torch.cat([s[name] for s in states]))
+        return out
+
+    def select_(self, idx: Sequence[int]) -> MLP:
+        """Keep only the members at ``idx``, in that order (the dropped members' memory and compute are freed)."""
+        index = torch.tensor(list(idx), dtype=torch.long, device=self.linears[0].weight.device)
+        state = self.state_dict()
+        self._replace_(lambda name: state[name].index_select(0, index))
+        return self
+
+    def member(self, i: int) -> MLP:
+        """Member ``i`` alone, as the one-trial network ``MLP(...)`` builds (batch-norm layers only if it uses them)."""
+        net = copy.deepcopy(self).select_([i])
+        if net.norms is not None and not net.norms[0].all_on:
+            net.norms = None
+        return net.eval()
+
+    def _without_batch_norm_layers(self) -> MLP:
+        """A copy with batch-norm layers that pass every member through (for stacking beside ones that use them)."""
+        net = copy.deepcopy(self)
+        device = net.linears[0].weight.device
+        net.norms = nn.ModuleList(BatchNorm(h, [False] * self.members) for h in self.hidden).to(device)
+        return net
+
+    def _replace_(self, new: Callable[[str], torch.Tensor]) -> None:
+        """Every parameter and buffer replaced by ``new(its state_dict name)`` (any member count)."""
+        for prefix, module in self.named_modules():
+            own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            for name, old in own:
+                t = new(f"{prefix}.{name}" if prefix else name).detach().clone()
+                setattr(module, name, nn.Parameter(t) if isinstance(old, nn.Parameter) else t)
+            if isinstance(module, Dropout | BatchNorm):
+                module.refresh()
 
 
 class CNN1d(nn.Module):
@@ -77,7 +148,7 @@ class CNN1d(nn.Module):
             raise ValueError(
                 f"need {1 + len(channels) + len(hidden)} dropout rates (input + conv + hidden), got {len(dropout)}"
             )
-        blocks: list[nn.Module] = [nn.Dropout(dropout[0])]
+        blocks: list[nn.Module] = [Dropout([dropout[0]])]
         width, length = 1, in_features
         for c, p in zip(channels, dropout[1 : 1 + len(channels)], strict=True):
             blocks.append(nn.Conv1d(width, c, kernel_size, padding=kernel_size // 2))
@@ -93,7 +164,7 @@ class CNN1d(nn.Module):
         self.head = MLP(width * length, num_classes, hidden, head_rates, batch_norm, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(x.unsqueeze(1))  # [B, L] -> [B, 1, L]
+        h = self.features(x.unsqueeze(1))  # [B, L] -> [B, 1, L] (one member of the input dropout: [1, 1, 1] rates)
         return self.head(h.flatten(1))
 
 
@@ -142,17 +213,9 @@ def build_network(
     return model
 
 
-@torch.no_grad()
-def apply_max_norm(model: nn.Module, c: float) -> None:
-    """Constrain each unit's incoming weight vector (a conv filter's, too) to L2 norm <= c (Srivastava et al. 2014,
-    sec. 5.1)."""
-    for m in model.modules():
-        if isinstance(m, nn.Linear | nn.Conv1d):
-            m.weight.copy_(torch.renorm(m.weight, p=2, dim=0, maxnorm=c))
-
-
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, object]]:
-    """Optimizer groups: L2 on weight matrices only, never on biases or batch-norm parameters."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    rest = [p for n, p in model.named_parameters() if p.ndim < 2]
+    """Optimizer groups: L2 on weight matrices only (``layers.weight_matrices``), never on biases or batch norm."""
+    decay = list(weight_matrices(model).values())
+    chosen = {id(p) for p in decay}
+    rest = [p for p in model.parameters() if id(p) not in chosen]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]

@@ -16,7 +16,8 @@ from sweeper.errors import DivergedError
 from sweeper.study.space import Hparams
 from sweeper.study.spec import TrainSpec
 from sweeper.training.data import Dataset, Split
-from sweeper.training.models import apply_max_norm, decay_groups
+from sweeper.training.layers import BatchNorm, max_norm_, weight_matrices
+from sweeper.training.models import decay_groups
 
 EpochHook = Callable[[int, dict[str, float]], None]
 StepHook = Callable[[], None]
@@ -153,10 +154,10 @@ def train(
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(hp.ema_decay), use_buffers=True)
     evaluated = ema or model
     best = BestEpoch(metric, settings.early_stopping_patience)
-    weights = [p for p in model.parameters() if p.ndim >= 2]
+    weights = list(weight_matrices(model).values())
     gen = torch.Generator(device=device).manual_seed(seed)
     n, bs = len(x), settings.batch_size
-    min_batch = 2 if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()) else 1
+    min_batch = 2 if any(isinstance(m, nn.modules.batchnorm._BatchNorm | BatchNorm) for m in model.modules()) else 1
     for epoch in range(settings.epochs):
         model.train()
         # accumulate on the device: one host sync per epoch, not per step
@@ -177,7 +178,7 @@ def train(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
             opt.step()
             if hp.max_norm:
-                apply_max_norm(model, hp.max_norm)
+                max_norm_(model, hp.max_norm)
             if ema is not None:
                 ema.update_parameters(model)
             steps += 1

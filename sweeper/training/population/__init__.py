@@ -1,5 +1,6 @@
 """Population training: K trials of the built-in MLP stacked on one device, trained as one.
 
-``stacked`` holds the K networks along a member axis, ``optim`` their SGD step, ``trainer`` the
-epoch loop with members joining and leaving, ``sweeper.workers.population`` runs the worker loop over Optuna trials.
+The networks are one ``models.MLP`` with K members (the one-trial network's own layers, ``training.layers``);
+``stacked`` adds each member's settings and SGD momentum, ``optim`` their SGD step, ``trainer`` the epoch loop
+with members joining and leaving; ``sweeper.workers.population`` runs the worker loop over Optuna trials.
 """

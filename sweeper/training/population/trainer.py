@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from sweeper.study.space import Hparams
 from sweeper.study.spec import NetworkSpec, StudySpec, TrainSpec
 from sweeper.training.data import Dataset, Split
-from sweeper.training.population.optim import decay_lr, max_norm_, sgd_step
-from sweeper.training.population.stacked import StackedMLP
+from sweeper.training.layers import max_norm_
+from sweeper.training.population.optim import decay_lr, sgd_step
+from sweeper.training.population.stacked import Stack
 from sweeper.training.train import StepHook
 
 
@@ -100,7 +101,7 @@ class PopulationTrainer:
             for rd in range(2)
         ]
         self.amp = amp and self.device.type == "cuda"  # bf16 matmuls on GPUs; fp32 on CPU
-        self.net: StackedMLP | None = None
+        self.stack: Stack | None = None
         self.keys: list[Hashable] = []
         self.epochs: list[int] = []
         self.gens: list[torch.Generator] = []
@@ -112,7 +113,7 @@ class PopulationTrainer:
     def add(self, keys: Sequence[Hashable], hps: Sequence[Hparams], seeds: Sequence[int]) -> None:
         if not keys:
             return
-        new = StackedMLP.build(
+        new = Stack.build(
             hps,
             seeds,
             self.data.in_features,
@@ -122,26 +123,26 @@ class PopulationTrainer:
             self.settings.base_lr,
             self.device,
         )
-        if self.net is None:
-            self.net = new
+        if self.stack is None:
+            self.stack = new
         else:
-            self.net.extend(new)
+            self.stack.extend(new)
         self.keys += list(keys)
         self.epochs += [0] * len(keys)
         self.gens += [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
 
     def member(self, key: Hashable) -> torch.nn.Module:
         """A member as a one-trial network (``models.MLP``) with its weights as trained so far."""
-        assert self.net is not None
-        return self.net.member(self.keys.index(key), self.data.in_features, self.data.num_classes)
+        assert self.stack is not None
+        return self.stack.net.member(self.keys.index(key))
 
     def remove(self, keys: Sequence[Hashable]) -> None:
         gone = set(keys)
         idx = [i for i, k in enumerate(self.keys) if k not in gone]
         if len(idx) == self.size:
             return
-        assert self.net is not None
-        self.net.select(idx)
+        assert self.stack is not None
+        self.stack.select(idx)
         self.keys = [self.keys[i] for i in idx]
         self.epochs = [self.epochs[i] for i in idx]
         self.gens = [self.gens[i] for i in idx]
@@ -151,56 +152,61 @@ class PopulationTrainer:
 
     def _step(self, xb: torch.Tensor, yb: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
         """One training step of every member (or of the ``active`` ones, ``[K]`` bool); their losses, ``[K]``."""
-        net = self.net
-        assert net is not None
+        stack = self.stack
+        assert stack is not None
+        net, hp = stack.net, stack.hp
         with self._autocast():
-            logits = net.forward(xb, True, self.mask_gens[0], bn_update=active)
-            smooth = net.t["smooth"] if net.any_smooth else None
+            logits = net(xb, self.mask_gens[0], bn_update=active)
+            smooth = hp["smooth"] if stack.any_smooth else None
             loss = _member_loss(logits, yb, smooth)
-            if net.any_r_drop:
-                alpha = net.t["r_drop"]
+            if stack.any_r_drop:
+                alpha = hp["r_drop"]
                 # R-Drop's second pass moves the batch-norm running statistics of R-Drop members only (as
                 # train.train's second forward pass does), never those of the members beside them
                 second = alpha > 0 if active is None else (alpha > 0) & active
-                logits2 = net.forward(xb, True, self.mask_gens[1], bn_update=second)
+                logits2 = net(xb, self.mask_gens[1], bn_update=second)
                 both = 0.5 * (loss + _member_loss(logits2, yb, smooth)) + alpha * _member_kl(logits, logits2)
                 loss = torch.where(alpha > 0, both, loss)
         reported = loss.detach()
-        if net.any_l1:
-            loss = loss + net.t["l1"] * torch.stack([w.abs().sum((1, 2)) for w in net.weights()]).sum(0)
+        if stack.any_l1:
+            l1 = torch.stack([w.abs().flatten(1).sum(1) for w in stack.weights.values()]).sum(0)
+            loss = loss + hp["l1"] * l1
         if active is not None:
             loss = torch.where(active, loss, torch.zeros_like(loss))
-        names = net.param_names
+        params = stack.params
         # batch-norm parameters get no gradient when no member uses batch norm: SGD skips them too
-        grads = torch.autograd.grad(loss.sum(), [net.t[n] for n in names], allow_unused=True)
-        used = {n: g for n, g in zip(names, grads, strict=True) if g is not None}
-        if net.any_clip:
-            _clip_(used, net.t["clip"])
-        sgd_step(net, used, active)
-        if net.any_max_norm:
-            max_norm_(net, active)
+        grads = torch.autograd.grad(loss.sum(), list(params.values()), allow_unused=True)
+        used = {n: g for n, g in zip(params, grads, strict=True) if g is not None}
+        if stack.any_clip:
+            _clip_(used, hp["clip"])
+        sgd_step(stack, used, active)
+        if stack.any_max_norm:
+            max_norm_(net, hp["max_norm"], active)
         return reported
 
     @torch.no_grad()
     def evaluate(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-member mean cross-entropy and accuracy (dropout off, batch-norm running statistics)."""
-        assert self.net is not None
+        assert self.stack is not None
+        net = self.stack.net.eval()
         loss_sum = torch.zeros(self.size, device=self.device)
         correct = torch.zeros(self.size, device=self.device)
         bs = self.settings.eval_batch_size
         for i in range(0, len(split.x), bs):
+            x = split.x[i : i + bs]
             with self._autocast():
-                logits = self.net.forward(split.x[i : i + bs], False).float()
+                logits = net(x.unsqueeze(0).expand(self.size, -1, -1)).float()
             y = split.y[i : i + bs].expand(self.size, -1)
             loss_sum += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y).sum(1)
             correct += (logits.argmax(-1) == y).sum(1)
+        net.train()
         n = len(split.x)
         return loss_sum / n, correct / n
 
     def train_epoch(self, on_step: StepHook | None = None) -> list[EpochResult]:
         """One epoch for every member; one host sync at its end. ``on_step()`` runs after each step and may raise."""
-        net = self.net
-        assert net is not None and self.size
+        stack = self.stack
+        assert stack is not None and self.size
         x, y = self.data.train.x, self.data.train.y
         n, bs = len(x), self.settings.batch_size
         perms = torch.stack([torch.randperm(n, generator=g, device=self.device) for g in self.gens])
@@ -208,10 +214,10 @@ class PopulationTrainer:
         steps = torch.zeros(self.size, device=self.device)
         for i in range(0, n, bs):
             idx = perms[:, i : i + bs]
-            if idx.shape[1] < 2 and net.any_bn:
+            if idx.shape[1] < 2 and stack.any_bn:
                 # batch norm needs 2 samples: like train.train, a batch-norm member skips a 1-sample batch,
                 # and the members without batch norm still train on it, as they would alone
-                active = ~net.t["bn"]
+                active = ~stack.net.batch_norm
                 if not bool(active.any()):
                     continue
                 loss_sum += torch.where(active, self._step(x[idx], y[idx], active), torch.zeros_like(loss_sum))
@@ -223,8 +229,8 @@ class PopulationTrainer:
                 on_step()
         train_loss = loss_sum / steps.clamp(min=1)
         val_loss, val_acc = self.evaluate(self.data.val)
-        lr = net.t["lr"].clone()
-        decay_lr(net)
+        lr = stack.hp["lr"].clone()
+        decay_lr(stack)
         table = torch.stack([train_loss.double(), val_loss.double(), val_acc.double(), lr]).cpu().tolist()
         out = []
         for j, key in enumerate(self.keys):
