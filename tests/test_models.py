@@ -95,3 +95,16 @@ def test_stacked_members_compute_what_each_network_computes_alone() -> None:
     kept = MLP.stack(nets).select_([2, 0])
     assert torch.allclose(kept.eval()(x[[2, 0]]), out[[2, 0]], atol=1e-6)
     assert kept.members == 2 and kept.norms is not None and not kept.batch_norm.any()
+
+
+def test_max_norm_caps_a_user_networks_torch_layers_too() -> None:
+    """A ``network.factory`` network built from torch's nn.Linear / nn.Conv1d gets the same constraint."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(50)
+    max_norm_(net, 2.0)
+    conv, lin = net[0].weight, net[2].weight
+    assert torch.allclose(conv.flatten(1).norm(dim=1), torch.full((4,), 2.0), atol=1e-4)  # per filter
+    assert torch.allclose(lin.norm(dim=1), torch.full((3,), 2.0), atol=1e-4)  # per unit: its incoming weights

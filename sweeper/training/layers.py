@@ -144,8 +144,9 @@ def max_norm_(model: nn.Module, c: float | torch.Tensor, active: torch.Tensor | 
     for m in model.modules():
         if isinstance(m, Linear):
             w, dims = m.weight, (1,)  # [K, in, out]: a unit's inputs along dim 1
-        elif isinstance(m, nn.Conv1d):
-            w, dims = m.weight, (1, 2)  # [out, in, kernel]: a filter per output channel
+        elif isinstance(m, nn.Linear | nn.Conv1d):  # a user network's: [out, in] or [out, in, kernel]
+            w = m.weight
+            dims = tuple(range(1, w.dim()))
         else:
             continue
         norm = torch.linalg.vector_norm(w, dim=dims, keepdim=True)

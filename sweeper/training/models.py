@@ -85,7 +85,7 @@ class MLP(nn.Module):
         """``nets`` side by side, in order (same widths and activation); with batch-norm layers where any has them,
         switched off for the members that had none."""
         if any(n.norms is not None for n in nets):
-            nets = [n if n.norms is not None else n._without_batch_norm_layers() for n in nets]
+            nets = [n if n.norms is not None else n._with_idle_batch_norm() for n in nets]
         states = [n.state_dict() for n in nets]
         out = copy.deepcopy(nets[0])
         out._replace_(lambda name: torch.cat([s[name] for s in states]))
@@ -105,7 +105,7 @@ class MLP(nn.Module):
             net.norms = None
         return net.eval()
 
-    def _without_batch_norm_layers(self) -> MLP:
+    def _with_idle_batch_norm(self) -> MLP:
         """A copy with batch-norm layers that pass every member through (for stacking beside ones that use them)."""
         net = copy.deepcopy(self)
         device = net.linears[0].weight.device
