@@ -118,13 +118,16 @@ def _member_network(spec: Any, data: Any, weights: dict[str, Any]) -> Any:
     return net.to(data.train.x.device).eval()
 
 
-def run_sweeper(study_file: Path, trials: int, workdir: Path) -> Record:
-    """``sweeper.api.launch`` on the study file, one torch thread, no tracking; its CPU time is the budget."""
+def run_sweeper(study_file: Path, trials: int, workdir: Path, workers: int = 1) -> Record:
+    """``sweeper.api.launch`` on the study file, one torch thread, no tracking; its CPU time is the budget.
+
+    With ``workers > 1`` the trials run in worker processes: this process sees neither their trials nor their CPU.
+    """
     spec, url = load_spec(study_file).to_dict(), f"sqlite:///{workdir}/sweeper.db"
     records: list[Record] = []
     start, wall = time.process_time(), time.perf_counter()
     with _record_sweeper_trials(records, lambda: time.process_time() - start) as seen:
-        api.launch(study_file, trials=trials, storage=url, tracking="", score_test=False, threads=1)
+        api.launch(study_file, trials=trials, storage=url, tracking="", score_test=False, threads=1, workers=workers)
     cpu, wall = time.process_time() - start - seen["excluded"], time.perf_counter() - wall
     name = spec["name"]
     api.score_best_on_test(name, tracking="", storage=url)  # retrains the best trial: not in the budget

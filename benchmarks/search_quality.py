@@ -23,6 +23,8 @@ validation carve, the same rows for every method):
   +adamw, +smoothing, +mixup, +clip, +ema, +early-stop   the minimal study file plus one addition searched
             (``VARIANTS``), the same trial budget as sweeper (its CPU time is in the CPU s column).
   +population  the minimal study file with ``train.population: 4`` (4 trials stacked, one worker).
+  +4-workers  the minimal study file run by 4 worker processes sharing the study (the same 20-trial budget):
+            quality at a fixed trial budget only (its trials run in the workers: no per-trial rows, no CPU s).
   cnn-study   on the mnist1d-cnn task: the space of studies/mnist1d_cnn.yaml (channel dropout, optimizer,
             label smoothing) vs the CNN with sweeper's default space.
   textbook  ``benchmarks/textbook_sweep.py``'s loop (TPE, median pruner, DataLoader) until B CPU seconds.
@@ -65,6 +67,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "+ema": {"space": {"ema_decay": {"low": 0.9, "high": 0.999, "optional": True}}},
     "+early-stop": {"train": {"early_stopping_patience": 5}},
     "+population": {"train": {"population": 4}},  # issue 17's lever: 4 trials stacked, more trials per CPU second
+    "+4-workers": {},  # issue 17's lever: the minimal study file run by 4 worker processes (api.launch workers=4)
     "cnn-study": {"space": {"dropout_conv": [0.0, 0.3], "optimizer": ["sgd", "adamw"], "label_smoothing": [0.0, 0.2]}},
 }
 METHODS = ("sweeper", *VARIANTS, "textbook", "random", "ray-tune")
@@ -149,7 +152,9 @@ def run_unit(
         job = {"study_file": path, "seed": seed, "epochs": epochs, "shape": sm.shape(sets), **TASKS[task]}
         for method in methods:
             if method in VARIANTS:
-                rec = sm.run_sweeper(study_file(task, seed, trials, epochs, work, variant=method), trials, work)
+                workers = 4 if method == "+4-workers" else 1
+                path = study_file(task, seed, trials, epochs, work, variant=method)
+                rec = sm.run_sweeper(path, trials, work, workers)
                 out.append({**info, "method": method, **rec})
             elif method in ("textbook", "random"):
                 out.append({**info, "method": method, **sm.run_textbook(job, method, max(budget, cpu_min))})
