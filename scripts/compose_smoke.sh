@@ -192,7 +192,8 @@ root = {t.number: (Retry.retry_history(t) or [t.number])[0] for t in trials}
 twice = [r for r, n in collections.Counter(root[t.number] for t in finished).items() if n > 1]
 if twice:
     problems.append(f"trials finished twice (original and retry): {twice}")
-retried = {Retry.retried_trial_number(t) for t in trials} - {None}
+# a retry's failed_trial is its chain's first trial; retry_history lists every trial it retries (a retry of a retry)
+retried = {n for t in trials for n in Retry.retry_history(t)}
 surplus = [t.number for t in trials if t.state == S.FAIL and "budget" in str(t.user_attrs.get("end_reason", ""))]
 lost = [t.number for t in trials if t.state == S.FAIL and t.number not in retried and t.number not in surplus]
 if lost:

@@ -402,7 +402,7 @@ def test_lost_node_is_survived_with_the_budget_exact(nodes: TwoNodes, pg_url: st
     # (on a loaded machine a live worker starved past the 3 s grace can lose its trial the same way: every
     # failed trial, the lost one and any such, is retried exactly once with its parameters)
     for f in failed:
-        retry = [t for t in ts if t.system_attrs.get("failed_trial") == f.number]
+        retry = [t for t in ts if t.system_attrs.get("retry_history", [None])[-1] == f.number]  # f's own retry
         assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == f.params
     lost_worker = lost.user_attrs["worker"]
     rerun = [
