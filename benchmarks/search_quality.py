@@ -24,7 +24,7 @@ validation carve, the same rows for every method):
             (``VARIANTS``), the same trial budget as sweeper (its CPU time is in the CPU s column).
   +population  the minimal study file with ``train.population: 4`` (4 trials stacked, one worker).
   +4-workers  the minimal study file run by 4 worker processes sharing the study (the same 20-trial budget):
-            quality at a fixed trial budget only (its trials run in the workers: no per-trial rows, no CPU s).
+            quality at a fixed trial budget only (trials read back from the study; its budget column is wall s).
   cnn-study   on the mnist1d-cnn task: the space of studies/mnist1d_cnn.yaml (channel dropout, optimizer,
             label smoothing) vs the CNN with sweeper's default space.
   textbook  ``benchmarks/textbook_sweep.py``'s loop (TPE, median pruner, DataLoader) until B CPU seconds.
