@@ -67,7 +67,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "+ema": {"space": {"ema_decay": {"low": 0.9, "high": 0.999, "optional": True}}},
     "+early-stop": {"train": {"early_stopping_patience": 5}},
     "+population": {"train": {"population": 4}},  # issue 17's lever: 4 trials stacked, more trials per CPU second
-    "+4-workers": {},  # issue 17's lever: the minimal study file run by 4 worker processes (api.launch workers=4)
+    "+4-workers": {},
+    # issue 17's levers: the literature's learning-rate scale (10-100x, not 1-100x); selection on the last 3 epochs
+    "+lr10": {"space": {"lr_scale": {"low": 10.0, "high": 100.0, "log": True}}},
+    "+last3": {"metric_epochs": 3},
+    "+lr10-last3": {"space": {"lr_scale": {"low": 10.0, "high": 100.0, "log": True}}, "metric_epochs": 3},  # issue 17's lever: the minimal study file run by 4 worker processes (api.launch workers=4)
     "cnn-study": {"space": {"dropout_conv": [0.0, 0.3], "optimizer": ["sgd", "adamw"], "label_smoothing": [0.0, 0.2]}},
 }
 METHODS = ("sweeper", *VARIANTS, "textbook", "random", "ray-tune")
@@ -84,6 +88,7 @@ TASKS: dict[str, dict[str, Any]] = {  # epochs at --epochs-scale 1; scale: Stand
         "network": {"type": "cnn1d", "channels": [32, 32], "kernel_size": 5},
     },
 }
+HEADLINE = {"methods": ["sweeper", "sweeper-v0", "textbook", "random", "ray-tune"], "tasks": ["mnist1d", "digits", "tabular"]}
 FULL = {"trials": 20, "seeds": 10, "jobs": 2}  # the default full run, for the time estimate
 
 
@@ -387,8 +392,8 @@ def machine() -> dict[str, Any]:
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=list(TASKS))
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="sweeper always runs")
+    p.add_argument("--tasks", nargs="+", choices=list(TASKS), default=HEADLINE["tasks"])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=HEADLINE["methods"], help="sweeper always runs")
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
     p.add_argument("--trials", type=int, default=FULL["trials"], help="sweeper's trial budget")
     p.add_argument("--epochs-scale", type=float, default=1.0, help="multiplies every task's epochs")

@@ -47,6 +47,16 @@ def test_same_trial_number_reproduces_numbers(tiny_spec) -> None:
     assert a != c  # another trial number is another seed
 
 
+def test_metric_epochs_returns_the_mean_of_the_last_epochs() -> None:
+    spec = parse_spec(tiny_spec_dict(metric_epochs=3, train={"epochs": 5}))
+    seen: list[float] = []
+    value = Objective(spec, prepare_data(spec), hooks=[lambda t, e, m: seen.append(m["val_accuracy"])])(
+        optuna.trial.FixedTrial(PARAMS)
+    )
+    assert len(seen) == 5 and len(set(seen[-3:])) > 1  # the last three epochs differ, so the mean is not one of them
+    assert value == pytest.approx(sum(seen[-3:]) / 3) and value != seen[-1]
+
+
 def test_val_loss_metric_is_minimized() -> None:
     spec = parse_spec(tiny_spec_dict(metric="val_loss"))
     assert spec.direction == "minimize"

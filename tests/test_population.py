@@ -229,6 +229,17 @@ def test_population_study_reports_each_trial_and_meets_the_budget(storage_url: s
     assert all("val_accuracy" in r.data.metrics and r.info.status == "FINISHED" for r in runs)
 
 
+def test_population_trial_value_is_the_mean_of_its_last_epochs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/last.db"
+    spec = parse_spec(tiny_spec_dict("last", trials=3, metric_epochs=2, train={"epochs": 4}, pruner="none"))
+    api.launch(spec, storage=url, tracking="", population=3, score_test=False)
+    trials = _study(url, "last").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    for t in trials:
+        last = [t.intermediate_values[e] for e in (2, 3)]
+        assert t.value == pytest.approx(sum(last) / 2)
+
+
 def test_population_marks_diverged_trials_pruned_with_reason(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/div.db"
     spec = parse_spec(tiny_spec_dict("div", trials=3, space={"lr_scale": 1e9, "max_norm": False, "batch_norm": False}))

@@ -168,6 +168,12 @@ class StudySpec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     direction: Literal["maximize", "minimize"] | None = None
     metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    metric_epochs: int = Field(
+        1,
+        ge=1,
+        description="a complete trial's value: the mean of metric over its last N epochs (1: the last epoch's), "
+        "a less noisy estimate to select on; with early stopping, its best epoch's",
+    )
     trials: int = Field(20, ge=1, description="budget: finished (complete or pruned) trials")
     seed: int = Field(0, ge=0)
     sampler: SamplerSpec = SamplerSpec()

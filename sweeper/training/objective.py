@@ -38,6 +38,12 @@ def prepare_data(spec: StudySpec, device: torch.device | str | None = None) -> D
     return load_dataset(spec.data, spec.seed, spec.base_dir).to(device or resolve_device(spec.train.device))
 
 
+def trial_value(history: Sequence[float], last_epochs: int) -> float:
+    """A complete trial's value from its metric per epoch: the mean over its last ``last_epochs`` epochs."""
+    window = history[-last_epochs:]
+    return sum(window) / len(window)
+
+
 class Diverged(optuna.TrialPruned):
     """A trial whose loss stopped being finite: pruned (its region of the space says something), with why."""
 
@@ -62,9 +68,11 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         hp = self.spec.space.suggest(trial, self.spec.network.n_hidden, self.spec.network.n_conv)
         self.lr = self.spec.train.base_lr * hp.lr_scale
+        history: list[float] = []
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            trial.report(metrics[self.spec.metric], epoch)
+            history.append(metrics[self.spec.metric])
+            trial.report(history[-1], epoch)
             for hook in self.hooks:
                 hook(trial, epoch, metrics)
             if trial.should_prune():
@@ -78,4 +86,6 @@ class Objective:
         except DivergedError as e:
             # a diverged trial says something about its region of the space: keep it as pruned, with why
             raise Diverged(str(e)) from None
-        return metrics[self.spec.metric]
+        if self.spec.train.early_stopping_patience is not None:
+            return metrics[self.spec.metric]  # its best epoch's
+        return trial_value(history, self.spec.metric_epochs)

@@ -27,6 +27,7 @@ from sweeper.study.record import is_best_so_far, set_end_reason, set_lr, tag_tri
 from sweeper.study.space import Hparams
 from sweeper.study.spec import StudySpec
 from sweeper.training.data import Dataset
+from sweeper.training.objective import trial_value
 from sweeper.training.population.trainer import EpochResult, PopulationTrainer
 from sweeper.training.train import trial_seed
 from sweeper.workers.budget import claim, try_claim
@@ -62,6 +63,7 @@ class PopulationRunner:
         self.finals: dict[Hashable, dict[str, Any]] = {}  # a member's trained weights, from its last epoch to its end
         self.trainer = PopulationTrainer(data, spec.train, spec.network, mask_seed=spec.seed)
         self.active: dict[int, optuna.Trial] = {}
+        self.history: dict[int, list[float]] = {}  # each active member's metric per epoch
         self.ran = 0
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-io")
         self.heartbeat = Heartbeat(study, lambda: [internals.trial_id(t) for t in list(self.active.values())])
@@ -95,6 +97,7 @@ class PopulationRunner:
         if reason:
             set_end_reason(trial, reason)
         frozen = self.study.tell(trial, value, state=state)
+        self.history.pop(trial.number, None)
         weights = self.finals.pop(trial.number, None)
         if (
             weights is not None
@@ -115,14 +118,15 @@ class PopulationRunner:
             if r.error:
                 self._finish(trial, TrialState.PRUNED, reason=r.error)
             else:
-                value = r.metrics[self.spec.metric]
-                trial.report(value, r.epoch)
+                history = self.history.setdefault(trial.number, [])
+                history.append(r.metrics[self.spec.metric])
+                trial.report(history[-1], r.epoch)
                 for hook in self.hooks:
                     hook(trial, r.epoch, r.metrics)
                 if trial.should_prune():
                     self._finish(trial, TrialState.PRUNED)
                 elif r.epoch >= last:
-                    self._finish(trial, TrialState.COMPLETE, value)
+                    self._finish(trial, TrialState.COMPLETE, trial_value(history, self.spec.metric_epochs))
                 else:
                     continue
             leaving.append(r.key)
