@@ -262,6 +262,15 @@ def task_table(records: list[dict[str, Any]], task: str) -> str:
             f"{np.nanmean(tests):>9.4f} {np.nanpercentile(tests, 10):>7.4f} {np.nanmin(tests):>7.4f} "
             f"{np.nanmean(vals):>8.4f}   {diff}"
         )
+    refits = {s: r["refit_test"] for s, r in ref.items() if r.get("refit_test") is not None}
+    if refits:  # beside, never instead of, the selected trial's number
+        d = np.array([refits[s] - test_of(ref[s]) for s in refits])
+        lo, hi = bootstrap_ci(d)
+        lines.append(
+            f"sweeper's best settings refit on train + val (`sweeper refit`, not in B, not a selection): test mean "
+            f"{np.mean(list(refits.values())):.4f}, p10 {np.percentile(list(refits.values()), 10):.4f}; "
+            f"- its selected trial {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}] n={len(d)}"
+        )
     return "\n".join(lines)
 
 

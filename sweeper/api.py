@@ -8,6 +8,7 @@ from typing import Any
 
 import optuna
 
+from sweeper.best import refit_best, score_best_on_test
 from sweeper.errors import SpecError
 from sweeper.launchers.local import set_threads, threads_for_a_while, threads_per_worker
 from sweeper.study.record import StudyRecord, StudyReport, n_finished, sweeper_study_names
@@ -160,74 +161,13 @@ def _preflight(spec: StudySpec) -> None:
     build_network(spec.network, data.in_features, data.num_classes, rates, False, spec.base_dir)
 
 
-def score_best_on_test(
-    record: StudyRecord | str, *, tracking: str | None = None, storage: str | None = None
+def refit(
+    study_name: str, *, storage: str | None = None, tracking: str | None = None, threads: int | None = None
 ) -> dict[str, Any] | None:
-    """Score the best trial's network once on the test split, and log it as the study's best model.
-
-    The network is the selected one itself: the weights its worker kept when it finished as the best
-    trial so far (``sweeper.tracking.selected``). Only where they cannot be had (tracking off, or the
-    tracking store lost them) is the trial retrained with its seed instead; ``model`` in the result says
-    which. The test score is reported, never used for selection. ``record`` is an open study or a study
-    name (in ``storage``).
-    """
-    from sweeper.training.objective import prepare_data
-    from sweeper.training.train import evaluate
-
-    if isinstance(record, str):
-        record = StudyRecord.open(record, storage_url(storage))
-    best, spec = record.best_trial(), record.spec
-    if best is None:
-        return None
-    cached = record.test_result
-    if cached and cached.get("trial") == best.number:
-        return cached
-    uri = tracking_uri(tracking)
-    data = prepare_data(spec)
-    model, source = _best_network(record, best, data, uri)
-    _, val_acc = evaluate(model, data.val, spec.train.eval_batch_size)
-    test_loss, test_acc = evaluate(model, data.test, spec.train.eval_batch_size)
-    result = {"trial": best.number, "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": val_acc}
-    record.set_test_result({**result, "model": source})
-    if uri and record.parent_run_id:
-        from sweeper.tracking.study_run import log_best_model
-        from sweeper.training.data import load_raw_splits
-        from sweeper.training.models import for_raw_inputs
-
-        log.info("logging the best model (trial #%d, %s) to MLflow", best.number, source)
-        try:
-            # the logged model takes raw inputs: the standardization it was trained behind goes in with it
-            raw_test_x = load_raw_splits(spec.data, spec.seed, spec.base_dir).test[0]
-            raw_model = for_raw_inputs(model.cpu(), data.mean, data.std)
-            log_best_model(uri, record.parent_run_id, raw_model, raw_test_x[:5], data.classes, result)
-        except Exception as e:  # tracking must never fail a finished study: the test score is in the database
-            log.warning("could not log the best model to MLflow at %s (%s)", mask_url(uri), type(e).__name__)
-    return {**result, "model": source}
-
-
-def _best_network(record: StudyRecord, best: optuna.trial.FrozenTrial, data: Any, uri: str | None) -> tuple[Any, str]:
-    """The best trial's network: its kept weights ("selected"), or retrained with its seed ("retrained")."""
-    from sweeper.training.models import build_network
-    from sweeper.training.objective import fit
-    from sweeper.training.train import trial_seed
-
-    spec = record.spec
-    hp = spec.space.suggest(
-        optuna.trial.FixedTrial(best.params, best.number), spec.network.n_hidden, spec.network.n_conv
-    )
-    if uri and record.parent_run_id:
-        from sweeper.tracking.selected import load_selected_weights
-
-        weights = load_selected_weights(uri, record.parent_run_id, best.number)
-        if weights is not None:
-            model = build_network(
-                spec.network, data.in_features, data.num_classes, hp.dropout, hp.batch_norm, spec.base_dir
-            )
-            model.load_state_dict(weights)
-            return model.to(data.train.x.device), "selected"
-    log.info("retraining the best trial #%d (same seed) to score it once on the test split", best.number)
-    model, _ = fit(spec, data, hp, trial_seed(spec.seed, best.number))
-    return model, "retrained"
+    """The best trial's settings trained again on train + validation, scored once on test (beside, never instead
+    of, the selected trial's score; ``sweeper.best.refit_best``); ``None`` while no trial is complete."""
+    with threads_for_a_while(threads):
+        return refit_best(study_name, storage=storage, tracking=tracking)
 
 
 def report(study_name: str, *, storage: str | None = None) -> StudyReport:

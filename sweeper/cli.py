@@ -200,6 +200,28 @@ def best(study_name: str, storage: str | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("study_name")
+@storage_opt
+@tracking_opt
+@threads_opt
+@errors
+def refit(study_name: str, storage: str | None, tracking_uri: str | None, threads: int | None) -> None:
+    """Train the best trial's settings again on train + validation and score it once on test."""
+    from sweeper import api
+
+    result = api.refit(study_name, storage=storage, tracking=tracking_uri, threads=threads)
+    if result is None:
+        raise UserError(f"study {study_name!r} has no completed trial yet")
+    rep = api.report(study_name, storage=storage)
+    click.echo(
+        f"trial #{result['trial']}'s settings refit on train + validation ({result['train_size']} samples, "
+        f"{result['epochs']} epochs): test accuracy {result['test_accuracy']:.4f}"
+    )
+    if rep.test:
+        click.echo(f"  the selected trial's own network: test accuracy {rep.test['test_accuracy']:.4f}")
+
+
+@main.command()
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @click.option("--epochs", type=click.IntRange(min=2), default=5, show_default=True)
 @errors

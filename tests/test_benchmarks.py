@@ -20,6 +20,7 @@ def test_search_quality_quick_run_writes_its_tables(tmp_path: Path) -> None:
     table = out.with_suffix(".txt").read_text()
     for method in methods:
         assert f"\n{method} " in table, table
+    assert "sweeper's best settings refit on train + val" in table, table
     sweeps = json.loads(out.with_suffix(".json").read_text())
     assert {s["method"] for s in sweeps["sweeps"]} == set(methods)
     for sweep in sweeps["sweeps"]:  # every method's trials are recorded, the stacked population's too

@@ -30,6 +30,7 @@ _SPEC = "sweeper.spec"
 _BUDGET = "sweeper.budget"
 _PARENT_RUN = "sweeper.mlflow_parent_run"
 _TEST = "sweeper.best_test"
+_REFIT = "sweeper.refit_test"
 _END_REASON = "end_reason"
 _LR = "lr"
 _START = "start_point"  # a trial enqueued from the literature's recipes
@@ -151,6 +152,15 @@ class StudyRecord:
 
     def set_test_result(self, result: dict[str, Any]) -> None:
         self.study.set_user_attr(_TEST, result)
+
+    @property
+    def refit_result(self) -> dict[str, Any] | None:
+        """The best trial's settings retrained on train + val, scored on test (``sweeper refit``)."""
+        result = self.study.user_attrs.get(_REFIT)
+        return dict(result) if result else None
+
+    def set_refit_result(self, result: dict[str, Any]) -> None:
+        self.study.set_user_attr(_REFIT, result)
 
     # -- what the trials say ---------------------------------------------------------------------
     def n_finished(self) -> int:

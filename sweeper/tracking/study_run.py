@@ -202,8 +202,10 @@ def log_best_model(
     raw_example: Any,
     classes: Sequence[Any],
     result: dict[str, Any],
+    kind: str = "best",
 ) -> None:
-    """The best trial's retrained network as an MLflow model on the study run, with its test score.
+    """The best trial's network as an MLflow model on the study run (``<kind>_model``), with its test score
+    (metrics ``<kind>.*``): kind "best" is the selected network, "refit" its settings retrained on train + val.
 
     ``model`` takes raw inputs (the network wrapped in its data's standardization, see
     ``models.for_raw_inputs``); ``raw_example`` is a few raw test inputs, the model's input example.
@@ -217,8 +219,8 @@ def log_best_model(
     ts = int(time.time() * 1000)
     client.log_batch(
         parent_run_id,
-        metrics=[Metric(f"best.{k}", float(v), ts, 0) for k, v in result.items() if k != "trial"],
-        tags=[RunTag("best_trial", str(result["trial"]))],
+        metrics=[Metric(f"{kind}.{k}", float(v), ts, 0) for k, v in result.items() if k != "trial"],
+        tags=[RunTag(f"{kind}_trial", str(result["trial"]))],
     )
     # logit column i is the class classes[i]: the data's labels were mapped to 0..K-1 in sorted order
     client.log_dict(parent_run_id, list(classes), "classes.json")
@@ -231,4 +233,4 @@ def log_best_model(
     requirements = [f"torch=={torch.__version__.split('+')[0]}"]
     with mlflow.start_run(run_id=parent_run_id):
         # the signature (float32 [-1, features] -> [-1, classes]) is inferred from the raw input example
-        mlflow.pytorch.log_model(model, name="best_model", input_example=example, pip_requirements=requirements)
+        mlflow.pytorch.log_model(model, name=f"{kind}_model", input_example=example, pip_requirements=requirements)

@@ -1,0 +1,153 @@
+"""After the search: the best trial's network scored once on test, and (on request) its settings refit on
+train + validation. Both are logged to MLflow as models that take raw inputs; neither ever selects anything."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import optuna
+
+from sweeper.study.record import StudyRecord
+from sweeper.study.space import Hparams
+from sweeper.study.spec import StudySpec
+from sweeper.study.urls import mask_url, storage_url, tracking_uri
+
+log = logging.getLogger("sweeper")
+
+
+def score_best_on_test(
+    record: StudyRecord | str, *, tracking: str | None = None, storage: str | None = None
+) -> dict[str, Any] | None:
+    """Score the best trial's network once on the test split, and log it as the study's best model.
+
+    The network is the selected one itself: the weights its worker kept when it finished as the best
+    trial so far (``sweeper.tracking.selected``). Only where they cannot be had (tracking off, or the
+    tracking store lost them) is the trial retrained with its seed instead; ``model`` in the result says
+    which. The test score is reported, never used for selection. ``record`` is an open study or a study
+    name (in ``storage``).
+    """
+    from sweeper.training.objective import prepare_data
+    from sweeper.training.train import evaluate
+
+    record = _open(record, storage)
+    best, spec = record.best_trial(), record.spec
+    if best is None:
+        return None
+    cached = record.test_result
+    if cached and cached.get("trial") == best.number:
+        return cached
+    uri = tracking_uri(tracking)
+    data = prepare_data(spec)
+    model, source = _best_network(record, best, data, uri)
+    _, val_acc = evaluate(model, data.val, spec.train.eval_batch_size)
+    test_loss, test_acc = evaluate(model, data.test, spec.train.eval_batch_size)
+    result = {"trial": best.number, "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": val_acc}
+    record.set_test_result({**result, "model": source})
+    _log_model(record, uri, model, data, result, "best")
+    return {**result, "model": source}
+
+
+def refit_best(
+    record: StudyRecord | str, *, tracking: str | None = None, storage: str | None = None
+) -> dict[str, Any] | None:
+    """Train the best trial's settings again on train + validation, score that network once on test.
+
+    A user's final model gets the validation samples too; its test score is reported beside the selected
+    trial's, never instead of it (no data is left to check it on). Same seed as the trial, and as many epochs
+    as it trained (with early stopping: up to its best epoch). Logged as the study run's ``refit_model``.
+    """
+    from sweeper.training.data import Split
+    from sweeper.training.objective import fit, prepare_data
+    from sweeper.training.train import evaluate, trial_seed
+
+    record = _open(record, storage)
+    best, spec = record.best_trial(), record.spec
+    if best is None:
+        return None
+    data = prepare_data(spec)
+    both = Split(_cat(data.train.x, data.val.x), _cat(data.train.y, data.val.y))
+    epochs = _epochs_trained(spec, best)
+    train = spec.train.model_copy(update={"epochs": epochs, "early_stopping_patience": None})
+    log.info("refitting trial #%d's settings on train + validation (%d samples, %d epochs)", best.number,
+             len(both.y), epochs)  # fmt: skip
+    model, _ = fit(
+        spec.model_copy(update={"train": train}),
+        dataclasses.replace(data, train=both, val=both),  # no held-out data: its "validation" is its training set
+        _hparams(spec, best),
+        trial_seed(spec.seed, best.number),
+    )
+    test_loss, test_acc = evaluate(model, data.test, spec.train.eval_batch_size)
+    result = {"trial": best.number, "test_accuracy": test_acc, "test_loss": test_loss, "train_size": len(both.y),
+              "epochs": epochs}  # fmt: skip
+    record.set_refit_result(result)
+    _log_model(record, tracking_uri(tracking), model, data, result, "refit")
+    return result
+
+
+def _open(record: StudyRecord | str, storage: str | None) -> StudyRecord:
+    return StudyRecord.open(record, storage_url(storage)) if isinstance(record, str) else record
+
+
+def _cat(a: Any, b: Any) -> Any:
+    import torch
+
+    return torch.cat([a, b])
+
+
+def _hparams(spec: StudySpec, trial: optuna.trial.FrozenTrial) -> Hparams:
+    return spec.space.suggest(
+        optuna.trial.FixedTrial(trial.params, trial.number), spec.network.n_hidden, spec.network.n_conv
+    )
+
+
+def _epochs_trained(spec: StudySpec, trial: optuna.trial.FrozenTrial) -> int:
+    """The epochs a complete trial's network trained: all of them, or with early stopping up to its best."""
+    values = trial.intermediate_values
+    if spec.train.early_stopping_patience is None or not values:
+        return spec.train.epochs
+    pick = max if spec.direction == "maximize" else min
+    return pick(values, key=lambda e: values[e]) + 1  # the first best epoch, as early stopping restores it
+
+
+def _best_network(record: StudyRecord, best: optuna.trial.FrozenTrial, data: Any, uri: str | None) -> tuple[Any, str]:
+    """The best trial's network: its kept weights ("selected"), or retrained with its seed ("retrained")."""
+    from sweeper.training.models import build_network
+    from sweeper.training.objective import fit
+    from sweeper.training.train import trial_seed
+
+    spec = record.spec
+    hp = _hparams(spec, best)
+    if uri and record.parent_run_id:
+        from sweeper.tracking.selected import load_selected_weights
+
+        weights = load_selected_weights(uri, record.parent_run_id, best.number)
+        if weights is not None:
+            model = build_network(
+                spec.network, data.in_features, data.num_classes, hp.dropout, hp.batch_norm, spec.base_dir
+            )
+            model.load_state_dict(weights)
+            return model.to(data.train.x.device), "selected"
+    log.info("retraining the best trial #%d (same seed) to score it once on the test split", best.number)
+    model, _ = fit(spec, data, hp, trial_seed(spec.seed, best.number))
+    return model, "retrained"
+
+
+def _log_model(record: StudyRecord, uri: str | None, model: Any, data: Any, result: dict[str, Any], kind: str) -> None:
+    """``<kind>_model`` on the study run, taking raw inputs; tracking never fails a finished study."""
+    if not (uri and record.parent_run_id):
+        return
+    from sweeper.tracking.study_run import log_best_model
+    from sweeper.training.data import load_raw_splits
+    from sweeper.training.models import for_raw_inputs
+
+    spec = record.spec
+    log.info("logging the %s model (trial #%d) to MLflow", kind, result["trial"])
+    try:
+        # the logged model takes raw inputs: the standardization it was trained behind goes in with it
+        raw_test_x = load_raw_splits(spec.data, spec.seed, spec.base_dir).test[0]
+        raw_model = for_raw_inputs(model.cpu(), data.mean, data.std)
+        log_best_model(uri, record.parent_run_id, raw_model, raw_test_x[:5], data.classes, result, kind)
+    except Exception as e:  # the test score is in the database already
+        log.warning("could not log the %s model to MLflow at %s (%s)", kind, mask_url(uri), type(e).__name__)

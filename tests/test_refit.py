@@ -1,0 +1,74 @@
+"""``sweeper refit``: the best trial's settings trained again on train + validation, scored once on test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import tiny_spec_dict
+from sweeper import api
+from sweeper.cli import main
+from sweeper.study.record import StudyRecord
+from sweeper.study.spec import parse_spec
+from sweeper.training.objective import prepare_data
+
+
+def test_refit_trains_on_train_and_validation_and_logs_a_model_for_raw_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+    import torch
+
+    from sweeper.training.data import load_raw_splits
+
+    monkeypatch.chdir(tmp_path)  # MLflow puts artifacts in ./mlruns next to a SQLite store
+    storage, uri = f"sqlite:///{tmp_path}/study.db", f"sqlite:///{tmp_path}/mlflow.db"
+    spec = parse_spec(tiny_spec_dict("refit"))
+    rep = api.launch(spec, storage=storage, tracking=uri)
+    out = CliRunner().invoke(main, ["refit", "refit", "--storage", storage, "--tracking-uri", uri])
+    assert out.exit_code == 0, out.output
+    data = prepare_data(spec)
+    n = len(data.train.y) + len(data.val.y)
+    assert f"refit on train + validation ({n} samples, 2 epochs)" in out.output
+    assert f"the selected trial's own network: test accuracy {rep.test['test_accuracy']:.4f}" in out.output
+    record = StudyRecord.open("refit", storage)
+    result = record.refit_result
+    assert result is not None and result["trial"] == rep.best_trial and result["train_size"] == n
+    # the logged model takes raw inputs and makes the predictions its recorded test accuracy came from
+    run = mlflow.MlflowClient(uri).get_run(record.parent_run_id)
+    assert run.data.metrics["refit.test_accuracy"] == result["test_accuracy"]
+    assert run.data.tags["refit_trial"] == str(rep.best_trial)
+    raw_x, y = load_raw_splits(spec.data, spec.seed, spec.base_dir).test
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pytorch.load_model(f"runs:/{record.parent_run_id}/refit_model")
+    with torch.no_grad():
+        pred = model(torch.from_numpy(raw_x)).argmax(-1)
+    assert (pred == torch.from_numpy(y)).float().mean().item() == pytest.approx(result["test_accuracy"])
+    # the selected network stays the study's best model, its score unchanged
+    assert record.test_result["test_accuracy"] == rep.test["test_accuracy"]
+    assert run.data.metrics["best.test_accuracy"] == rep.test["test_accuracy"]
+
+
+def test_refit_with_early_stopping_trains_the_best_trials_epochs(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/es.db"
+    noisy = {"lr_scale": 40.0, "momentum": 0.99}  # a high, noisy rate: validation accuracy falls back early
+    spec = parse_spec(
+        tiny_spec_dict("es", trials=2, pruner="none", space=noisy, train={"epochs": 8, "early_stopping_patience": 1})
+    )
+    rep = api.launch(spec, storage=storage, tracking="", score_test=False)
+    best = StudyRecord.open("es", storage).best_trial()
+    values = best.intermediate_values
+    result = api.refit("es", storage=storage, tracking="")
+    assert result is not None and result["trial"] == rep.best_trial
+    assert len(values) < 8, "early stopping ended the best trial"
+    assert result["epochs"] == max(values, key=lambda e: values[e]) + 1
+
+
+def test_refit_of_a_study_without_a_complete_trial_is_a_user_error(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/none.db"
+    api.create(parse_spec(tiny_spec_dict("empty")), storage=storage, tracking="")
+    for name, said in (("empty", "has no completed trial yet"), ("nope", "nope")):
+        out = CliRunner().invoke(main, ["refit", name, "--storage", storage, "--tracking-uri", ""])
+        assert out.exit_code == 2 and said in out.output and "Traceback" not in out.output, out.output
