@@ -67,11 +67,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "+ema": {"space": {"ema_decay": {"low": 0.9, "high": 0.999, "optional": True}}},
     "+early-stop": {"train": {"early_stopping_patience": 5}},
     "+population": {"train": {"population": 4}},  # issue 17's lever: 4 trials stacked, more trials per CPU second
-    "+4-workers": {},
+    "+4-workers": {},  # issue 17's lever: the minimal study file run by 4 worker processes (api.launch workers=4)
     # issue 17's levers: the literature's learning-rate scale (10-100x, not 1-100x); selection on the last 3 epochs
     "+lr10": {"space": {"lr_scale": {"low": 10.0, "high": 100.0, "log": True}}},
     "+last3": {"metric_epochs": 3},
-    "+lr10-last3": {"space": {"lr_scale": {"low": 10.0, "high": 100.0, "log": True}}, "metric_epochs": 3},  # issue 17's lever: the minimal study file run by 4 worker processes (api.launch workers=4)
+    "+lr10-last3": {"space": {"lr_scale": {"low": 10.0, "high": 100.0, "log": True}}, "metric_epochs": 3},
     "cnn-study": {"space": {"dropout_conv": [0.0, 0.3], "optimizer": ["sgd", "adamw"], "label_smoothing": [0.0, 0.2]}},
 }
 METHODS = ("sweeper", *VARIANTS, "textbook", "random", "ray-tune")
@@ -88,7 +88,10 @@ TASKS: dict[str, dict[str, Any]] = {  # epochs at --epochs-scale 1; scale: Stand
         "network": {"type": "cnn1d", "channels": [32, 32], "kernel_size": 5},
     },
 }
-HEADLINE = {"methods": ["sweeper", "sweeper-v0", "textbook", "random", "ray-tune"], "tasks": ["mnist1d", "digits", "tabular"]}
+HEADLINE = {  # what a run without --methods / --tasks measures: README's headline table
+    "methods": ["sweeper", "sweeper-v0", "textbook", "random", "ray-tune"],
+    "tasks": ["mnist1d", "digits", "tabular"],
+}
 FULL = {"trials": 20, "seeds": 10, "jobs": 2}  # the default full run, for the time estimate
 
 
