@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 
 from sweeper.best import refit_best, score_best_on_test
-from sweeper.errors import SpecError
+from sweeper.errors import DivergedError, SpecError
 from sweeper.launchers.local import set_threads, threads_for_a_while, threads_per_worker
 from sweeper.study.record import StudyRecord, StudyReport, n_finished, sweeper_study_names
 from sweeper.study.spec import StudySpec, load_spec
@@ -109,6 +109,11 @@ def _finish(study_name: str, storage: str, tracking: str | None, score_test: boo
     # stopped early (Ctrl-C, SIGTERM): the test split is scored once, when the study is done
     if score_test and record.done:
         score_best_on_test(record, tracking=tracking)
+        if record.spec.refit:
+            try:
+                refit_best(record, tracking=tracking)
+            except DivergedError as e:  # the study and its selected network stand: say so, do not fail
+                log.warning("%s", e)
     return record.report()
 
 

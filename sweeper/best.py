@@ -9,6 +9,7 @@ from typing import Any
 
 import optuna
 
+from sweeper.errors import DivergedError
 from sweeper.study.record import StudyRecord
 from sweeper.study.space import Hparams
 from sweeper.study.spec import StudySpec
@@ -66,18 +67,27 @@ def refit_best(
     best, spec = record.best_trial(), record.spec
     if best is None:
         return None
+    cached = record.refit_result
+    if cached and cached.get("trial") == best.number:
+        return cached
     data = prepare_data(spec)
     both = Split(_cat(data.train.x, data.val.x), _cat(data.train.y, data.val.y))
     epochs = _epochs_trained(spec, best)
     train = spec.train.model_copy(update={"epochs": epochs, "early_stopping_patience": None})
     log.info("refitting trial #%d's settings on train + validation (%d samples, %d epochs)", best.number,
              len(both.y), epochs)  # fmt: skip
-    model, _ = fit(
-        spec.model_copy(update={"train": train}),
-        dataclasses.replace(data, train=both, val=both),  # no held-out data: its "validation" is its training set
-        _hparams(spec, best),
-        trial_seed(spec.seed, best.number),
-    )
+    try:
+        model, _ = fit(
+            spec.model_copy(update={"train": train}),
+            dataclasses.replace(data, train=both, val=both),  # nothing held out: its "validation" is what it trains on
+            _hparams(spec, best),
+            trial_seed(spec.seed, best.number),
+        )
+    except DivergedError as e:
+        raise DivergedError(
+            f"the refit of trial #{best.number} on train + validation diverged ({e}); the selected network "
+            "stays the study's model"
+        ) from None
     test_loss, test_acc = evaluate(model, data.test, spec.train.eval_batch_size)
     result = {"trial": best.number, "test_accuracy": test_acc, "test_loss": test_loss, "train_size": len(both.y),
               "epochs": epochs}  # fmt: skip

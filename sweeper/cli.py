@@ -187,6 +187,7 @@ def best(study_name: str, storage: str | None, as_json: bool) -> None:
         "value": rep.best_value,
         "params": rep.best_params,
         "test": rep.test,
+        "refit": rep.refit,
     }
     if as_json:
         click.echo(json.dumps(out, indent=2))
@@ -197,6 +198,8 @@ def best(study_name: str, storage: str | None, as_json: bool) -> None:
     if rep.test:
         how = "the selected network" if rep.test.get("model") == "selected" else "its retrain"
         click.echo(f"  test accuracy        {rep.test['test_accuracy']:.4f}  ({how}; once, not used for selection)")
+    if rep.refit:
+        click.echo(f"  refit test accuracy  {rep.refit['test_accuracy']:.4f}  (its settings trained on train + val)")
 
 
 @main.command()
@@ -273,6 +276,8 @@ def _print_report(rep: Any) -> None:
         click.echo(f"  best value {rep.best_value:.4f} (trial #{rep.best_trial})")
     if rep.test:
         click.echo(f"  best trial's test accuracy {rep.test['test_accuracy']:.4f}")
+    if rep.refit:
+        click.echo(f"  refit on train + validation: test accuracy {rep.refit['test_accuracy']:.4f} (sweeper refit)")
 
 
 if __name__ == "__main__":  # the launcher starts workers as ``python -m sweeper.cli worker``

@@ -28,6 +28,8 @@ def tiny_spec_dict(name: str = "tiny", **overrides: Any) -> dict[str, Any]:
         # the sampler alone, as these tests were written for; tests/test_defaults.py and test_budget.py's
         # scaled workers run the default literature start points
         "warm_start": "none",
+        # no refit after the study (one more training and MLflow model each); tests/test_refit.py runs it
+        "refit": False,
     }
     for k, v in overrides.items():
         d[k] = {**d[k], **v} if isinstance(v, dict) and isinstance(d.get(k), dict) else v

@@ -25,8 +25,9 @@ def test_refit_trains_on_train_and_validation_and_logs_a_model_for_raw_inputs(
 
     monkeypatch.chdir(tmp_path)  # MLflow puts artifacts in ./mlruns next to a SQLite store
     storage, uri = f"sqlite:///{tmp_path}/study.db", f"sqlite:///{tmp_path}/mlflow.db"
-    spec = parse_spec(tiny_spec_dict("refit"))
-    rep = api.launch(spec, storage=storage, tracking=uri)
+    spec = parse_spec(tiny_spec_dict("refit", refit=True))
+    rep = api.launch(spec, storage=storage, tracking=uri)  # the default: a refit when the study is done
+    assert rep.refit is not None and rep.refit["trial"] == rep.best_trial
     out = CliRunner().invoke(main, ["refit", "refit", "--storage", storage, "--tracking-uri", uri])
     assert out.exit_code == 0, out.output
     data = prepare_data(spec)
@@ -35,7 +36,7 @@ def test_refit_trains_on_train_and_validation_and_logs_a_model_for_raw_inputs(
     assert f"the selected trial's own network: test accuracy {rep.test['test_accuracy']:.4f}" in out.output
     record = StudyRecord.open("refit", storage)
     result = record.refit_result
-    assert result is not None and result["trial"] == rep.best_trial and result["train_size"] == n
+    assert result == rep.refit and result["train_size"] == n  # the command gave the launch's refit, not a new one
     # the logged model takes raw inputs and makes the predictions its recorded test accuracy came from
     run = mlflow.MlflowClient(uri).get_run(record.parent_run_id)
     assert run.data.metrics["refit.test_accuracy"] == result["test_accuracy"]
@@ -49,6 +50,16 @@ def test_refit_trains_on_train_and_validation_and_logs_a_model_for_raw_inputs(
     # the selected network stays the study's best model, its score unchanged
     assert record.test_result["test_accuracy"] == rep.test["test_accuracy"]
     assert run.data.metrics["best.test_accuracy"] == rep.test["test_accuracy"]
+
+
+def test_launch_without_refit_and_a_changed_refit_setting_resumes(tmp_path: Path) -> None:
+    assert parse_spec({"name": "minimal"}).refit is True  # on unless a study file says otherwise
+    storage = f"sqlite:///{tmp_path}/off.db"
+    rep = api.launch(parse_spec(tiny_spec_dict("off", trials=1)), storage=storage, tracking="")
+    assert rep.test is not None and rep.refit is None
+    # refit is no part of what a trial computes: turning it on resumes the same study, and refits at its end
+    rep = api.launch(parse_spec(tiny_spec_dict("off", trials=2, refit=True)), storage=storage, tracking="")
+    assert rep.refit is not None and rep.refit["trial"] == rep.best_trial
 
 
 def test_refit_with_early_stopping_trains_the_best_trials_epochs(tmp_path: Path) -> None:

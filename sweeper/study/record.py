@@ -47,6 +47,7 @@ class StudyReport:
     best_params: dict[str, Any] = field(default_factory=dict)
     best_trial: int | None = None
     test: dict[str, Any] | None = None
+    refit: dict[str, Any] | None = None  # the best trial's settings refit on train + val (``sweeper.best``)
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -188,6 +189,8 @@ class StudyRecord:
             rep.best_value, rep.best_params, rep.best_trial = best.value, best.params, best.number
         test = self.test_result  # scored for the best trial of its day: a later better trial makes it stale
         rep.test = test if test and test.get("trial") == rep.best_trial else None
+        refit = self.refit_result
+        rep.refit = refit if refit and refit.get("trial") == rep.best_trial else None
         return rep
 
 

@@ -187,6 +187,11 @@ class StudySpec(_Section):
         description="literature: the first trials of a new study are the dropout literature's recipes "
         "(Srivastava et al. 2014), fitted into the space, before the sampler takes over",
     )
+    refit: bool = Field(
+        True,
+        description="when the budget is met, the best trial's settings are trained again on train + validation, "
+        "scored once on test and logged as refit_model, beside (never instead of) the selected network",
+    )
     base_dir: str = Field(".", description="set by the loader: user paths are relative to the file")
 
     @field_validator("sampler", "pruner", mode="before")
@@ -229,9 +234,10 @@ class StudySpec(_Section):
         return self.model_dump(mode="json")
 
     def fingerprint(self) -> str:
-        """Hash of what decides trial results (the trial budget is not part of it)."""
+        """Hash of what decides trial results (the trial budget and the refit after the study are not part of it)."""
         d = self.to_dict()
         d.pop("trials")
+        d.pop("refit")
         d.pop("base_dir")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
