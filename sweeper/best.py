@@ -88,9 +88,18 @@ def refit_best(
             f"the refit of trial #{best.number} on train + validation diverged ({e}); the selected network "
             "stays the study's model"
         ) from None
+    # its check without held-out data: how well it fits what it trained on, against the selected network on val
+    _, fit_acc = evaluate(model, both, spec.train.eval_batch_size)
     test_loss, test_acc = evaluate(model, data.test, spec.train.eval_batch_size)
     result = {"trial": best.number, "test_accuracy": test_acc, "test_loss": test_loss, "train_size": len(both.y),
-              "epochs": epochs}  # fmt: skip
+              "epochs": epochs, "fit_accuracy": fit_acc}  # fmt: skip
+    selected = record.test_result
+    if selected and selected.get("trial") == best.number and fit_acc < selected["val_accuracy"] - 0.05:
+        log.warning(
+            "the refit of trial #%d fits its own training data at %.4f, below the selected network's validation "
+            "accuracy %.4f: it trained worse than the selected network; deploy best_model instead",
+            best.number, fit_acc, selected["val_accuracy"],
+        )  # fmt: skip
     record.set_refit_result(result)
     _log_model(record, tracking_uri(tracking), model, data, result, "refit")
     return result

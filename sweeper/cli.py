@@ -218,7 +218,8 @@ def refit(study_name: str, storage: str | None, tracking_uri: str | None, thread
     rep = api.report(study_name, storage=storage)
     click.echo(
         f"trial #{result['trial']}'s settings refit on train + validation ({result['train_size']} samples, "
-        f"{result['epochs']} epochs): test accuracy {result['test_accuracy']:.4f}"
+        f"{result['epochs']} epochs): test accuracy {result['test_accuracy']:.4f} (it fits its own training data "
+        f"at {result.get('fit_accuracy', float('nan')):.4f})"
     )
     if rep.test:
         click.echo(f"  the selected trial's own network: test accuracy {rep.test['test_accuracy']:.4f}")

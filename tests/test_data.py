@@ -23,6 +23,20 @@ def test_split_depends_only_on_seed() -> None:
     assert abs(a.train.x.mean().item()) < 1e-3  # standardized with training statistics
 
 
+def test_a_feature_constant_in_training_keeps_its_scale(tmp_path: Path) -> None:
+    """Standardizing divides by the training std: a feature that never varies there must not be divided by ~0."""
+    rng = np.random.default_rng(0)
+    x_train, y_train = rng.normal(5.0, 3.0, size=(200, 4)), rng.integers(0, 2, 200)
+    x_train[:, 1] = 0.0  # like a digits pixel that is blank in every training image
+    x_test = rng.normal(5.0, 3.0, size=(50, 4))
+    x_test[0, 1] = 16.0
+    np.savez(tmp_path / "d.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=rng.integers(0, 2, 50))
+    d = load_dataset(DataSpec(dataset="file", path="d.npz", split="given", standardize=True), 0, str(tmp_path))
+    assert d.std is not None and d.std[1].item() == 1.0 and d.mean[1].item() == 0.0
+    assert d.test.x[0, 1].item() == 16.0  # the raw value, not 16 / 1e-6
+    assert d.test.x.abs().max().item() < 100
+
+
 def test_mnist1d_is_generated_locally() -> None:
     d = load_dataset(DataSpec(dataset="mnist1d", num_samples=200), 0)
     assert d.in_features == 40 and d.num_classes == 10

@@ -37,6 +37,7 @@ def test_refit_trains_on_train_and_validation_and_logs_a_model_for_raw_inputs(
     record = StudyRecord.open("refit", storage)
     result = record.refit_result
     assert result == rep.refit and result["train_size"] == n  # the command gave the launch's refit, not a new one
+    assert result["fit_accuracy"] > rep.test["val_accuracy"] - 0.05  # it trained as well as the selected network
     # the logged model takes raw inputs and makes the predictions its recorded test accuracy came from
     run = mlflow.MlflowClient(uri).get_run(record.parent_run_id)
     assert run.data.metrics["refit.test_accuracy"] == result["test_accuracy"]
