@@ -249,7 +249,7 @@ def load_dataset(spec: DataSpec, seed: int, base_dir: str = ".") -> Dataset:
         mean, std = raw.train[0].mean(0), raw.train[0].std(0)  # statistics of the training split only
         # a feature constant in the training split keeps its scale (as scikit-learn's StandardScaler does): dividing
         # by ~0 would blow a validation, test or deployed input that has it up to ~1e6
-        std = np.where(std > 1e-6 * np.maximum(1.0, np.abs(mean)), std, 1.0)
+        std = np.where(std > 1e-6 * np.maximum(1.0, np.abs(mean)), std + 1e-6, 1.0)
         take = {s: ((x - mean) / std, y) for s, (x, y) in take.items()}
 
     def split(s: str) -> Split:
