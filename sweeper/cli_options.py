@@ -92,6 +92,11 @@ class _Echo(logging.Handler):
 def configure_logging(verbose: bool) -> None:
     """sweeper says what it is doing on stderr; MLflow's own INFO lines only with --verbose."""
     logger = logging.getLogger("sweeper")
+    root = logging.getLogger()
+    if not root.handlers:
+        # importing mlflow.pytorch calls logging.basicConfig(): a root handler that would print every sweeper
+        # line a second time ("INFO:sweeper:..."); a root that has a handler makes basicConfig a no-op
+        root.addHandler(logging.NullHandler())
     if not any(isinstance(h, _Echo) for h in logger.handlers):
         logger.addHandler(_Echo())
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)

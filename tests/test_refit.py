@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from conftest import tiny_spec_dict
@@ -84,3 +87,16 @@ def test_refit_of_a_study_without_a_complete_trial_is_a_user_error(tmp_path: Pat
     for name, said in (("empty", "has no completed trial yet"), ("nope", "nope")):
         out = CliRunner().invoke(main, ["refit", name, "--storage", storage, "--tracking-uri", ""])
         assert out.exit_code == 2 and said in out.output and "Traceback" not in out.output, out.output
+
+
+def test_cli_launch_prints_each_line_once_and_the_refit_beside_the_selected_network(tmp_path: Path) -> None:
+    """The real command in its own process, with a real MLflow store: importing mlflow.pytorch (to log the best
+    model) installs a root log handler, which printed every later sweeper line twice ("INFO:sweeper:...")."""
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(tiny_spec_dict("cli", trials=2, refit=True)))
+    cmd = [sys.executable, "-m", "sweeper.cli", "launch", "s.yaml", "--storage",
+           "sqlite:///s.db", "--tracking-uri", "sqlite:///mlflow.db"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "INFO:sweeper" not in out and out.count("refitting trial #") == 1, out[-3000:]
+    assert "best trial's test accuracy" in out and "refit on train + validation: test accuracy" in out
