@@ -33,13 +33,10 @@ def score_best_on_test(
     from sweeper.training.train import evaluate
 
     record = _open(record, storage)
-    best, spec = record.best_trial(), record.spec
-    if best is None:
-        return None
-    cached = record.test_result
-    if cached and cached.get("trial") == best.number:
-        return cached
-    uri = tracking_uri(tracking)
+    best, done = _best_and_done(record, record.test_result)
+    if best is None or done:
+        return done
+    spec, uri = record.spec, tracking_uri(tracking)
     data = prepare_data(spec)
     model, source = _best_network(record, best, data, uri)
     _, val_acc = evaluate(model, data.val, spec.train.eval_batch_size)
@@ -64,13 +61,10 @@ def refit_best(
     from sweeper.training.train import evaluate, trial_seed
 
     record = _open(record, storage)
-    best, spec = record.best_trial(), record.spec
-    if best is None:
-        return None
-    cached = record.refit_result
-    if cached and cached.get("trial") == best.number:
-        return cached
-    data = prepare_data(spec)
+    best, done = _best_and_done(record, record.refit_result)
+    if best is None or done:
+        return done
+    spec, data = record.spec, prepare_data(record.spec)
     both = Split(_cat(data.train.x, data.val.x), _cat(data.train.y, data.val.y))
     epochs = _epochs_trained(spec, best)
     train = spec.train.model_copy(update={"epochs": epochs, "early_stopping_patience": None})
@@ -107,6 +101,14 @@ def refit_best(
 
 def _open(record: StudyRecord | str, storage: str | None) -> StudyRecord:
     return StudyRecord.open(record, storage_url(storage)) if isinstance(record, str) else record
+
+
+def _best_and_done(
+    record: StudyRecord, stored: dict[str, Any] | None
+) -> tuple[optuna.trial.FrozenTrial | None, dict[str, Any] | None]:
+    """The study's best trial, and ``stored`` when it was computed for that trial (else ``None``: to do)."""
+    best = record.best_trial()
+    return best, stored if best is not None and stored and stored.get("trial") == best.number else None
 
 
 def _cat(a: Any, b: Any) -> Any:
