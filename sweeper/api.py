@@ -108,10 +108,13 @@ def _finish(study_name: str, storage: str, tracking: str | None, score_test: boo
     _log_dashboard(record, tracking)
     # stopped early (Ctrl-C, SIGTERM): the test split is scored once, when the study is done
     if score_test and record.done:
-        score_best_on_test(record, tracking=tracking)
+        from sweeper.training.objective import prepare_data
+
+        data = prepare_data(record.spec)  # loaded once for both
+        score_best_on_test(record, tracking=tracking, data=data)
         if record.spec.refit:
             try:
-                refit_best(record, tracking=tracking)
+                refit_best(record, tracking=tracking, data=data)
             except DivergedError as e:  # the study and its selected network stand: say so, do not fail
                 log.warning("%s", e)
     return record.report()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
@@ -15,11 +15,14 @@ from sweeper.study.space import Hparams
 from sweeper.study.spec import StudySpec
 from sweeper.study.urls import mask_url, storage_url, tracking_uri
 
+if TYPE_CHECKING:
+    from sweeper.training.data import Dataset
+
 log = logging.getLogger("sweeper")
 
 
 def score_best_on_test(
-    record: StudyRecord | str, *, tracking: str | None = None, storage: str | None = None
+    record: StudyRecord | str, *, tracking: str | None = None, storage: str | None = None, data: Dataset | None = None
 ) -> dict[str, Any] | None:
     """Score the best trial's network once on the test split, and log it as the study's best model.
 
@@ -27,28 +30,28 @@ def score_best_on_test(
     trial so far (``sweeper.tracking.selected``). Only where they cannot be had (tracking off, or the
     tracking store lost them) is the trial retrained with its seed instead; ``model`` in the result says
     which. The test score is reported, never used for selection. ``record`` is an open study or a study
-    name (in ``storage``).
+    name (in ``storage``); ``data``: the study's prepared data, when the caller has it already.
     """
     from sweeper.training.objective import prepare_data
     from sweeper.training.train import evaluate
 
     record = _open(record, storage)
-    best, done = _best_and_done(record, record.test_result)
+    best, done = record.best_trial(), record.result("test")
     if best is None or done:
         return done
     spec, uri = record.spec, tracking_uri(tracking)
-    data = prepare_data(spec)
+    data = prepare_data(spec) if data is None else data
     model, source = _best_network(record, best, data, uri)
     _, val_acc = evaluate(model, data.val, spec.train.eval_batch_size)
     test_loss, test_acc = evaluate(model, data.test, spec.train.eval_batch_size)
     result = {"trial": best.number, "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": val_acc}
-    record.set_test_result({**result, "model": source})
+    record.set_result("test", {**result, "model": source})
     _log_model(record, uri, model, data, result, "best")
     return {**result, "model": source}
 
 
 def refit_best(
-    record: StudyRecord | str, *, tracking: str | None = None, storage: str | None = None
+    record: StudyRecord | str, *, tracking: str | None = None, storage: str | None = None, data: Dataset | None = None
 ) -> dict[str, Any] | None:
     """Train the best trial's settings again on train + validation, score that network once on test.
 
@@ -56,16 +59,19 @@ def refit_best(
     trial's, never instead of it (no data is left to check it on). Same seed as the trial, and as many epochs
     as it trained (with early stopping: up to its best epoch). Logged as the study run's ``refit_model``.
     """
+    import torch
+
     from sweeper.training.data import Split
     from sweeper.training.objective import fit, prepare_data
     from sweeper.training.train import evaluate, trial_seed
 
     record = _open(record, storage)
-    best, done = _best_and_done(record, record.refit_result)
+    best, done = record.best_trial(), record.result("refit")
     if best is None or done:
         return done
-    spec, data = record.spec, prepare_data(record.spec)
-    both = Split(_cat(data.train.x, data.val.x), _cat(data.train.y, data.val.y))
+    spec = record.spec
+    data = prepare_data(spec) if data is None else data
+    both = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
     epochs = _epochs_trained(spec, best)
     train = spec.train.model_copy(update={"epochs": epochs, "early_stopping_patience": None})
     log.info("refitting trial #%d's settings on train + validation (%d samples, %d epochs)", best.number,
@@ -87,34 +93,20 @@ def refit_best(
     test_loss, test_acc = evaluate(model, data.test, spec.train.eval_batch_size)
     result = {"trial": best.number, "test_accuracy": test_acc, "test_loss": test_loss, "train_size": len(both.y),
               "epochs": epochs, "fit_accuracy": fit_acc}  # fmt: skip
-    selected = record.test_result
-    if selected and selected.get("trial") == best.number and fit_acc < selected["val_accuracy"] - 0.05:
+    selected = record.result("test")
+    if selected and fit_acc < selected["val_accuracy"] - 0.05:
         log.warning(
             "the refit of trial #%d fits its own training data at %.4f, below the selected network's validation "
             "accuracy %.4f: it trained worse than the selected network; deploy best_model instead",
             best.number, fit_acc, selected["val_accuracy"],
         )  # fmt: skip
-    record.set_refit_result(result)
+    record.set_result("refit", result)
     _log_model(record, tracking_uri(tracking), model, data, result, "refit")
     return result
 
 
 def _open(record: StudyRecord | str, storage: str | None) -> StudyRecord:
     return StudyRecord.open(record, storage_url(storage)) if isinstance(record, str) else record
-
-
-def _best_and_done(
-    record: StudyRecord, stored: dict[str, Any] | None
-) -> tuple[optuna.trial.FrozenTrial | None, dict[str, Any] | None]:
-    """The study's best trial, and ``stored`` when it was computed for that trial (else ``None``: to do)."""
-    best = record.best_trial()
-    return best, stored if best is not None and stored and stored.get("trial") == best.number else None
-
-
-def _cat(a: Any, b: Any) -> Any:
-    import torch
-
-    return torch.cat([a, b])
 
 
 def _hparams(spec: StudySpec, trial: optuna.trial.FrozenTrial) -> Hparams:

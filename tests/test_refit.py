@@ -38,7 +38,7 @@ def test_refit_trains_on_train_and_validation_and_logs_a_model_for_raw_inputs(
     assert f"refit on train + validation ({n} samples, 2 epochs)" in out.output
     assert f"the selected trial's own network: test accuracy {rep.test['test_accuracy']:.4f}" in out.output
     record = StudyRecord.open("refit", storage)
-    result = record.refit_result
+    result = record.result("refit")
     assert result == rep.refit and result["train_size"] == n  # the command gave the launch's refit, not a new one
     assert result["fit_accuracy"] > rep.test["val_accuracy"] - 0.05  # it trained as well as the selected network
     # the logged model takes raw inputs and makes the predictions its recorded test accuracy came from
@@ -52,7 +52,7 @@ def test_refit_trains_on_train_and_validation_and_logs_a_model_for_raw_inputs(
         pred = model(torch.from_numpy(raw_x)).argmax(-1)
     assert (pred == torch.from_numpy(y)).float().mean().item() == pytest.approx(result["test_accuracy"])
     # the selected network stays the study's best model, its score unchanged
-    assert record.test_result["test_accuracy"] == rep.test["test_accuracy"]
+    assert record.result("test")["test_accuracy"] == rep.test["test_accuracy"]
     assert run.data.metrics["best.test_accuracy"] == rep.test["test_accuracy"]
 
 
@@ -100,3 +100,34 @@ def test_cli_launch_prints_each_line_once_and_the_refit_beside_the_selected_netw
     assert proc.returncode == 0, out[-3000:]
     assert "INFO:sweeper" not in out and out.count("refitting trial #") == 1, out[-3000:]
     assert "best trial's test accuracy" in out and "refit on train + validation: test accuracy" in out
+
+
+def test_a_refit_that_diverges_is_a_warning_and_the_selected_network_stands(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A validation sample the trials only scored (an outlier: 1e30 in one feature) is trained on by the refit,
+    whose loss stops being finite: the launch warns, keeps the selected network's test score, and ends well;
+    ``sweeper refit`` says why (exit 2, no traceback)."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = x.astype(np.float32)
+    parts = {"x_train": x[:900], "y_train": y[:900], "x_val": x[900:1200], "y_val": y[900:1200],
+             "x_test": x[1200:], "y_test": y[1200:]}  # fmt: skip
+    path = tmp_path / "outlier.npz"
+    np.savez(path, **parts)
+    fixed = {"lr_scale": 1.0, "momentum": 0.9, "max_norm": None, "batch_norm": False}
+    d = tiny_spec_dict("div", trials=1, space=fixed, data={"dataset": "file", "path": str(path), "split": "given"})
+    storage = f"sqlite:///{tmp_path}/div.db"
+    rep = api.launch(parse_spec(d), storage=storage, tracking="")
+    assert rep.test is not None and rep.refit is None  # tiny_spec_dict: refit off
+    parts["x_val"][0, 10] = 1e30  # the trial is done; the refit will train on this sample
+    np.savez(path, **parts)
+    with caplog.at_level("WARNING", logger="sweeper"):
+        again = api.launch(parse_spec({**d, "refit": True}), storage=storage, tracking="")
+    assert again.refit is None and again.test == rep.test
+    assert "the refit of trial #0 on train + validation diverged" in caplog.text
+    assert "the selected network stays the study's model" in caplog.text
+    out = CliRunner().invoke(main, ["refit", "div", "--storage", storage, "--tracking-uri", ""])
+    assert out.exit_code == 2 and "diverged" in out.output and "Traceback" not in out.output, out.output

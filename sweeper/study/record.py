@@ -29,8 +29,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _SPEC = "sweeper.spec"
 _BUDGET = "sweeper.budget"
 _PARENT_RUN = "sweeper.mlflow_parent_run"
-_TEST = "sweeper.best_test"
-_REFIT = "sweeper.refit_test"
+_RESULTS = {"test": "sweeper.best_test", "refit": "sweeper.refit_test"}  # kind -> study user attr
 _END_REASON = "end_reason"
 _LR = "lr"
 _START = "start_point"  # a trial enqueued from the literature's recipes
@@ -146,22 +145,16 @@ class StudyRecord:
     def set_parent_run_id(self, run_id: str) -> None:
         self.study.set_user_attr(_PARENT_RUN, run_id)
 
-    @property
-    def test_result(self) -> dict[str, Any] | None:
-        result = self.study.user_attrs.get(_TEST)
-        return dict(result) if result else None
+    def result(self, kind: str) -> dict[str, Any] | None:
+        """What was scored after the search for today's best trial: ``"test"`` (the selected network on the
+        test split) or ``"refit"`` (its settings retrained on train + val, ``sweeper refit``). ``None`` when not
+        scored, or scored for an earlier best trial (a later better trial makes it stale)."""
+        stored = self.study.user_attrs.get(_RESULTS[kind])
+        best = self.best_trial() if stored else None
+        return dict(stored) if best is not None and stored.get("trial") == best.number else None
 
-    def set_test_result(self, result: dict[str, Any]) -> None:
-        self.study.set_user_attr(_TEST, result)
-
-    @property
-    def refit_result(self) -> dict[str, Any] | None:
-        """The best trial's settings retrained on train + val, scored on test (``sweeper refit``)."""
-        result = self.study.user_attrs.get(_REFIT)
-        return dict(result) if result else None
-
-    def set_refit_result(self, result: dict[str, Any]) -> None:
-        self.study.set_user_attr(_REFIT, result)
+    def set_result(self, kind: str, result: dict[str, Any]) -> None:
+        self.study.set_user_attr(_RESULTS[kind], result)
 
     # -- what the trials say ---------------------------------------------------------------------
     def n_finished(self) -> int:
@@ -187,10 +180,7 @@ class StudyRecord:
         best = self.best_trial()
         if best is not None:
             rep.best_value, rep.best_params, rep.best_trial = best.value, best.params, best.number
-        test = self.test_result  # scored for the best trial of its day: a later better trial makes it stale
-        rep.test = test if test and test.get("trial") == rep.best_trial else None
-        refit = self.refit_result
-        rep.refit = refit if refit and refit.get("trial") == rep.best_trial else None
+        rep.test, rep.refit = self.result("test"), self.result("refit")
         return rep
 
 
