@@ -59,6 +59,11 @@ def warm_up() -> None:
 # --- (a) sweeper: its defaults, from a minimal study file --------------------------------------------------
 
 
+def _higher_better(direction: str, value: float | None) -> float | None:
+    """A trial's value as the records keep it, higher is better whatever the study's direction (val_loss: -loss)."""
+    return value if value is None or direction == "maximize" else -value
+
+
 @contextlib.contextmanager
 def _record_sweeper_trials(trials: list[Record], clock: Callable[[], float]) -> Iterator[dict[str, Any]]:
     """Wrap sweeper's objective to log each trial's end time and, when complete, its test accuracy.
@@ -78,7 +83,8 @@ def _record_sweeper_trials(trials: list[Record], clock: Callable[[], float]) -> 
         start = time.process_time()
         test = evaluate(self.model, self.data.test)[1]
         seen["excluded"] += time.process_time() - start
-        trials.append({"t": clock() - seen["excluded"], "val": value, "test": test, "state": "complete"})
+        val = _higher_better(self.spec.direction, value)
+        trials.append({"t": clock() - seen["excluded"], "val": val, "test": test, "state": "complete"})
         return value
 
     def finish(self: Any, trial: optuna.Trial, state: Any, value: float | None = None, reason: str = "") -> None:
@@ -92,7 +98,8 @@ def _record_sweeper_trials(trials: list[Record], clock: Callable[[], float]) -> 
             test = evaluate(_member_network(self.spec, data, weights), data.test)[1]
             seen["excluded"] += time.process_time() - start
         complete = state == optuna.trial.TrialState.COMPLETE
-        trials.append({"t": clock() - seen["excluded"], "val": value, "test": test,
+        val = _higher_better(self.spec.direction, value)
+        trials.append({"t": clock() - seen["excluded"], "val": val, "test": test,
                        "state": "complete" if complete else "pruned"})  # fmt: skip
         original_finish(self, trial, state, value, reason)
 
@@ -153,7 +160,8 @@ def run_sweeper(study_file: Path, trials: int, workdir: Path, workers: int = 1) 
         "clock": "cpu" if workers == 1 else "wall",
         "wall_s": wall,
         "trials": records,
-        "selected": {"val": rep.best_value, "test": test, "trial": rep.best_trial},
+        "selected": {"val": _higher_better(spec["direction"], rep.best_value), "test": test, "trial": rep.best_trial},
+        # (val: higher is better; a val_loss study's is -loss)
         "refit_test": refit["test_accuracy"],
         "per_trial_test_matches_final": ours is not None
         and ours["test"] is not None

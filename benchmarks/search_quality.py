@@ -72,6 +72,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "+lr10": {"space": {"lr_scale": {"low": 10.0, "high": 100.0, "log": True}}},
     "+last3": {"metric_epochs": 3},
     "+lr10-last3": {"space": {"lr_scale": {"low": 10.0, "high": 100.0, "log": True}}, "metric_epochs": 3},
+    "+val-loss": {"metric": "val_loss"},  # issue 17's "or validation loss": select (and prune) on it
     "cnn-study": {"space": {"dropout_conv": [0.0, 0.3], "optimizer": ["sgd", "adamw"], "label_smoothing": [0.0, 0.2]}},
 }
 METHODS = ("sweeper", *VARIANTS, "textbook", "random", "ray-tune")
