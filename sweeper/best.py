@@ -36,7 +36,8 @@ def score_best_on_test(
     from sweeper.training.train import evaluate
 
     record = _open(record, storage)
-    best, done = record.best_trial(), record.result("test")
+    best = record.best_trial()
+    done = record.result("test", best)
     if best is None or done:
         return done
     spec, uri = record.spec, tracking_uri(tracking)
@@ -66,7 +67,8 @@ def refit_best(
     from sweeper.training.train import evaluate, trial_seed
 
     record = _open(record, storage)
-    best, done = record.best_trial(), record.result("refit")
+    best = record.best_trial()
+    done = record.result("refit", best)
     if best is None or done:
         return done
     spec = record.spec
@@ -93,7 +95,7 @@ def refit_best(
     test_loss, test_acc = evaluate(model, data.test, spec.train.eval_batch_size)
     result = {"trial": best.number, "test_accuracy": test_acc, "test_loss": test_loss, "train_size": len(both.y),
               "epochs": epochs, "fit_accuracy": fit_acc}  # fmt: skip
-    selected = record.result("test")
+    selected = record.result("test", best)
     if selected and fit_acc < selected["val_accuracy"] - 0.05:
         log.warning(
             "the refit of trial #%d fits its own training data at %.4f, below the selected network's validation "

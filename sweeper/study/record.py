@@ -145,13 +145,15 @@ class StudyRecord:
     def set_parent_run_id(self, run_id: str) -> None:
         self.study.set_user_attr(_PARENT_RUN, run_id)
 
-    def result(self, kind: str) -> dict[str, Any] | None:
+    def result(self, kind: str, best: FrozenTrial | None = None) -> dict[str, Any] | None:
         """What was scored after the search for today's best trial: ``"test"`` (the selected network on the
         test split) or ``"refit"`` (its settings retrained on train + val, ``sweeper refit``). ``None`` when not
-        scored, or scored for an earlier best trial (a later better trial makes it stale)."""
+        scored, or scored for an earlier best trial (a later better trial makes it stale). ``best``: the best
+        trial when the caller has it (else it is read from the storage)."""
         stored = self.study.user_attrs.get(_RESULTS[kind])
-        best = self.best_trial() if stored else None
-        return dict(stored) if best is not None and stored.get("trial") == best.number else None
+        if best is None and stored:
+            best = self.best_trial()
+        return dict(stored) if stored and best is not None and stored.get("trial") == best.number else None
 
     def set_result(self, kind: str, result: dict[str, Any]) -> None:
         self.study.set_user_attr(_RESULTS[kind], result)
@@ -180,7 +182,7 @@ class StudyRecord:
         best = self.best_trial()
         if best is not None:
             rep.best_value, rep.best_params, rep.best_trial = best.value, best.params, best.number
-        rep.test, rep.refit = self.result("test"), self.result("refit")
+        rep.test, rep.refit = self.result("test", best), self.result("refit", best)
         return rep
 
 
