@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 
 from sweeper.best import refit_best, score_best_on_test
-from sweeper.errors import DivergedError, SpecError
+from sweeper.errors import SpecError, StudyError, TrackingError
 from sweeper.launchers.local import set_threads, threads_for_a_while, threads_per_worker
 from sweeper.study.record import StudyRecord, StudyReport, n_finished, sweeper_study_names
 from sweeper.study.spec import StudySpec, load_spec
@@ -91,32 +91,36 @@ def launch(
 
 
 def finish(
-    study_name: str, *, storage: str, tracking: str | None, score_test: bool = True, threads: int | None = None
+    study_name: str,
+    *,
+    storage: str | None = None,
+    tracking: str | None = None,
+    score_test: bool = True,
+    threads: int | None = None,
+    require_done: bool = False,
 ) -> StudyReport:
-    """After the workers: the study's dashboard in MLflow, the test score once the budget is met, the report.
+    """After the workers: the study's end steps once its budget is met (``sweeper.finish``: test score, best
+    model, refit, final dashboard; run once, whichever process gets there first), else its dashboard so far.
 
-    ``threads`` bounds torch here too (a retrain of the best trial), as ``--threads`` does for the workers.
+    ``threads`` bounds torch here too (the refit), as ``--threads`` does for the workers. ``score_test=False``
+    leaves the end steps for later (only the dashboard is logged). ``require_done``: a study whose budget is
+    not met yet is a ``StudyError`` (``sweeper finish``) rather than a report.
     """
-    with threads_for_a_while(threads):
-        return _finish(study_name, storage, tracking, score_test)
-
-
-def _finish(study_name: str, storage: str, tracking: str | None, score_test: bool) -> StudyReport:
+    storage, tracking = storage_url(storage), tracking_uri(tracking)
     record = StudyRecord.open(study_name, storage, wait=True)  # the workers rode out an outage: so does launch
-    if tracking and record.parent_run_id:
-        log.info("logging the study's summary and plots to MLflow")
-    _log_dashboard(record, tracking)
+    if require_done and not record.done:
+        raise StudyError(
+            f"study {study_name!r} has {record.n_finished()} of its {record.budget} trials finished: its end steps "
+            f"run once the budget is met; run workers first ('sweeper worker {study_name}')"
+        )
     # stopped early (Ctrl-C, SIGTERM): the test split is scored once, when the study is done
     if score_test and record.done:
-        from sweeper.training.objective import prepare_data
+        from sweeper.finish import end_study
 
-        data = prepare_data(record.spec)  # loaded once for both
-        score_best_on_test(record, tracking=tracking, data=data)
-        if record.spec.refit:
-            try:
-                refit_best(record, tracking=tracking, data=data)
-            except DivergedError as e:  # the study and its selected network stand: say so, do not fail
-                log.warning("%s", e)
+        with threads_for_a_while(threads):
+            end_study(record, tracking=tracking, wait=True, who="sweeper")
+    else:
+        _log_dashboard(record, tracking)
     return record.report()
 
 
@@ -175,7 +179,11 @@ def refit(
     """The best trial's settings trained again on train + validation, scored once on test (beside, never instead
     of, the selected trial's score; ``sweeper.best.refit_best``); ``None`` while no trial is complete."""
     with threads_for_a_while(threads):
-        return refit_best(study_name, storage=storage, tracking=tracking)
+        try:
+            return refit_best(study_name, storage=storage, tracking=tracking)
+        except TrackingError as e:  # the result is stored: the model waits for 'sweeper finish'
+            log.warning("%s; the refit's result is in the study database ('sweeper finish %s' logs it)", e, study_name)
+            return report(study_name, storage=storage).refit
 
 
 def report(study_name: str, *, storage: str | None = None) -> StudyReport:
@@ -197,16 +205,26 @@ def join(
     worker_id: int = 0,
     device: str | None = None,
     threads: int | None = None,
+    end_steps: bool = True,
 ) -> int:
-    """Run a worker on an existing study (the study file comes from the storage); ``threads``: torch's threads."""
+    """Run a worker on an existing study (the study file comes from the storage); ``threads``: torch's threads.
+
+    When the budget is met the worker runs the study's end steps (``sweeper.finish``), unless another
+    process is running them; ``end_steps=False`` leaves them to its launcher (``sweeper launch --workers``).
+    """
     from sweeper.workers.worker import run_worker
 
     _check_population(population)
     set_threads(threads)
     url, uri = storage_url(storage), tracking_uri(tracking)
     n = run_worker(study_name, url, uri, worker_id, progress=progress, device=device, population=population)
-    if n:  # a worker that ran nothing leaves the study run (and its end time) as it was
-        _log_dashboard(StudyRecord.open(study_name, url, wait=True), uri)
+    record = StudyRecord.open(study_name, url, wait=True)
+    if record.done and end_steps:  # the last trial's worker, or a later one if that one died mid-way
+        from sweeper.finish import end_study
+
+        end_study(record, tracking=uri, wait=False, who=f"worker {worker_id}", device=device)
+    elif n and not record.done:  # a stopped worker shows the study so far; a worker that ran nothing leaves it
+        _log_dashboard(record, uri)
     return n
 
 
@@ -233,6 +251,7 @@ __all__ = [
     "launch",
     "list_studies",
     "n_finished",
+    "refit",
     "report",
     "score_best_on_test",
 ]

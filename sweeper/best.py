@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from sweeper.errors import DivergedError
+from sweeper.errors import DivergedError, TrackingError
 from sweeper.study.record import StudyRecord
 from sweeper.study.space import Hparams
 from sweeper.study.spec import StudySpec
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from sweeper.training.data import Dataset
 
 log = logging.getLogger("sweeper")
+_MODEL = {"test": "best", "refit": "refit"}  # a stored result's kind -> its logged model, <name>_model
 
 
 def score_best_on_test(
@@ -37,17 +38,21 @@ def score_best_on_test(
 
     record = _open(record, storage)
     best = record.best_trial()
+    if best is None:
+        return None
+    spec, uri = record.spec, _uri(record, tracking)
     done = record.result("test", best)
-    if best is None or done:
+    if done and not _model_missing(uri, record, "best", best.number):
         return done
-    spec, uri = record.spec, tracking_uri(tracking)
     data = prepare_data(spec) if data is None else data
     model, source = _best_network(record, best, data, uri)
+    if done:  # scored already; only its model was not logged (tracking was down, or its logger died)
+        _log_model(record, uri, model, data, done, "best")
+        return done
     _, val_acc = evaluate(model, data.val, spec.train.eval_batch_size)
     test_loss, test_acc = evaluate(model, data.test, spec.train.eval_batch_size)
     result = {"trial": best.number, "test_accuracy": test_acc, "test_loss": test_loss, "val_accuracy": val_acc}
-    record.set_result("test", {**result, "model": source})
-    _log_model(record, uri, model, data, result, "best")
+    _log_and_store(record, uri, model, data, {**result, "model": source}, "test")
     return {**result, "model": source}
 
 
@@ -68,10 +73,12 @@ def refit_best(
 
     record = _open(record, storage)
     best = record.best_trial()
+    if best is None:
+        return None
+    spec, uri = record.spec, _uri(record, tracking)
     done = record.result("refit", best)
-    if best is None or done:
+    if done and not _model_missing(uri, record, "refit", best.number):
         return done
-    spec = record.spec
     data = prepare_data(spec) if data is None else data
     both = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
     epochs = _epochs_trained(spec, best)
@@ -95,6 +102,9 @@ def refit_best(
     test_loss, test_acc = evaluate(model, data.test, spec.train.eval_batch_size)
     result = {"trial": best.number, "test_accuracy": test_acc, "test_loss": test_loss, "train_size": len(both.y),
               "epochs": epochs, "fit_accuracy": fit_acc}  # fmt: skip
+    if done:  # refit already; only its model was not logged: the same seed trained it again for that
+        _log_model(record, uri, model, data, done, "refit")
+        return done
     selected = record.result("test", best)
     if selected and fit_acc < selected["val_accuracy"] - 0.05:
         log.warning(
@@ -102,9 +112,38 @@ def refit_best(
             "accuracy %.4f: it trained worse than the selected network; deploy best_model instead",
             best.number, fit_acc, selected["val_accuracy"],
         )  # fmt: skip
-    record.set_result("refit", result)
-    _log_model(record, tracking_uri(tracking), model, data, result, "refit")
+    _log_and_store(record, uri, model, data, result, "refit")
     return result
+
+
+def _uri(record: StudyRecord, tracking: str | None) -> str | None:
+    """Where the study's models go: its MLflow store, when it has a study run there."""
+    uri = tracking_uri(tracking)
+    return uri if uri and record.parent_run_id else None
+
+
+def _model_missing(uri: str | None, record: StudyRecord, kind: str, trial: int) -> bool:
+    """Whether a scored result still lacks its logged ``<kind>_model`` (never, with tracking off)."""
+    if uri is None:
+        return False
+    from sweeper.tracking.study_run import logged_model_ready
+
+    try:
+        return not logged_model_ready(uri, str(record.parent_run_id), f"{kind}_model", trial)
+    except Exception as e:
+        raise TrackingError(f"MLflow at {mask_url(uri)} did not answer ({type(e).__name__})") from None
+
+
+def _log_and_store(
+    record: StudyRecord, uri: str | None, model: Any, data: Any, result: dict[str, Any], kind: str
+) -> None:
+    """Log the model first, then store the result: a stored result means its model is logged (or tracking
+    is off), so whoever finds it stored has nothing left to do. The result is stored even when the
+    tracking store refused the model; the ``TrackingError`` then says so."""
+    try:
+        _log_model(record, uri, model, data, result, _MODEL[kind])
+    finally:
+        record.set_result(kind, result)
 
 
 def _open(record: StudyRecord | str, storage: str | None) -> StudyRecord:
@@ -150,8 +189,9 @@ def _best_network(record: StudyRecord, best: optuna.trial.FrozenTrial, data: Any
 
 
 def _log_model(record: StudyRecord, uri: str | None, model: Any, data: Any, result: dict[str, Any], kind: str) -> None:
-    """``<kind>_model`` on the study run, taking raw inputs; tracking never fails a finished study."""
-    if not (uri and record.parent_run_id):
+    """``<kind>_model`` on the study run, taking raw inputs, unless it is there already; ``TrackingError`` when
+    the tracking store refuses it (the caller says so: tracking never fails a finished study)."""
+    if uri is None:
         return
     from sweeper.tracking.study_run import log_best_model
     from sweeper.training.data import load_raw_splits
@@ -164,5 +204,7 @@ def _log_model(record: StudyRecord, uri: str | None, model: Any, data: Any, resu
         raw_test_x = load_raw_splits(spec.data, spec.seed, spec.base_dir).test[0]
         raw_model = for_raw_inputs(model.cpu(), data.mean, data.std)
         log_best_model(uri, record.parent_run_id, raw_model, raw_test_x[:5], data.classes, result, kind)
-    except Exception as e:  # the test score is in the database already
-        log.warning("could not log the %s model to MLflow at %s (%s)", kind, mask_url(uri), type(e).__name__)
+    except Exception as e:
+        raise TrackingError(
+            f"could not log the {kind} model to MLflow at {mask_url(uri)} ({type(e).__name__})"
+        ) from None

@@ -127,6 +127,13 @@ def create(
 @click.option("--device", help="cpu | cuda | cuda:N [default: the study file's train.device].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @threads_opt
+@click.option(
+    "--end-steps/--no-end-steps",
+    default=True,
+    show_default=True,
+    help="When the budget is met, run the study's end steps (test score, best model, refit) unless another "
+    "process runs them; --no-end-steps leaves them to 'sweeper finish'.",
+)
 @errors
 def worker(
     study_name: str,
@@ -137,6 +144,7 @@ def worker(
     device: str | None,
     progress: bool,
     threads: int | None,
+    end_steps: bool,
 ) -> None:
     """Join the existing study STUDY_NAME and run trials until its budget is met (SIGTERM/Ctrl-C stop it cleanly)."""
     from sweeper import api
@@ -150,8 +158,27 @@ def worker(
         worker_id=worker_id,
         device=device,
         threads=threads,
+        end_steps=end_steps,
     )
     click.echo(f"worker ran {n} trial(s)")
+
+
+@main.command()
+@click.argument("study_name")
+@storage_opt
+@tracking_opt
+@threads_opt
+@errors
+def finish(study_name: str, storage: str | None, tracking_uri: str | None, threads: int | None) -> None:
+    """Run the end steps of STUDY_NAME, whose budget is met: the best trial's test score and model, the refit.
+
+    Workers run them when the last trial ends; this is for when that worker died mid-way or tracking
+    was down. Steps already done are not repeated; a worker running them now is waited for.
+    """
+    from sweeper import api
+
+    rep = api.finish(study_name, storage=storage, tracking=tracking_uri, threads=threads, require_done=True)
+    _print_report(rep)
 
 
 @main.command()
@@ -188,6 +215,7 @@ def best(study_name: str, storage: str | None, as_json: bool) -> None:
         "params": rep.best_params,
         "test": rep.test,
         "refit": rep.refit,
+        "end": rep.end,
     }
     if as_json:
         click.echo(json.dumps(out, indent=2))
@@ -200,6 +228,9 @@ def best(study_name: str, storage: str | None, as_json: bool) -> None:
         click.echo(f"  test accuracy        {rep.test['test_accuracy']:.4f}  ({how}; once, not used for selection)")
     if rep.refit:
         click.echo(f"  refit test accuracy  {rep.refit['test_accuracy']:.4f}  (its settings trained on train + val)")
+    end = _end_line(rep)
+    if end:
+        click.echo(f"  {end}")
 
 
 @main.command()
@@ -279,6 +310,23 @@ def _print_report(rep: Any) -> None:
         click.echo(f"  best trial's test accuracy {rep.test['test_accuracy']:.4f}")
     if rep.refit:
         click.echo(f"  refit on train + validation: test accuracy {rep.refit['test_accuracy']:.4f} (sweeper refit)")
+    end = _end_line(rep)
+    if end:
+        click.echo(f"  {end}")
+
+
+def _end_line(rep: Any) -> str | None:
+    """What a finished study's end steps are waiting for, if anything (``sweeper.finish``)."""
+    end = rep.end or {}
+    fix = f"run 'sweeper finish {rep.name}'"
+    if end.get("state") == "pending":
+        return f"end steps (test score, best model, refit) not run yet: {fix}"
+    if end.get("state") == "failed":
+        return f"end steps failed: {end.get('error')}; {fix}"
+    if end.get("state") == "running":
+        age = float(end.get("age", 0.0))
+        return f"end steps running on {end.get('by')} (last sign {age:.0f} s ago; if it died, {fix})"
+    return None
 
 
 if __name__ == "__main__":  # the launcher starts workers as ``python -m sweeper.cli worker``

@@ -15,3 +15,7 @@ class StudyError(SweeperError):
 
 class DivergedError(SweeperError):
     """Training produced a non-finite loss."""
+
+
+class TrackingError(SweeperError):
+    """The MLflow tracking store could not take what had to be logged (the study database has the result)."""

@@ -132,7 +132,9 @@ def start_workers(
     procs = []
     for i in range(first_id, first_id + workers):
         gpu = ids[i % len(ids)] if ids else None
-        cmd = [sys.executable, "-m", "sweeper.cli", "worker", study_name, "--worker-id", str(i), "--no-progress"]
+        # the end steps are the launcher's (``sweeper launch`` runs them after its workers)
+        cmd = [sys.executable, "-m", "sweeper.cli", "worker", study_name, "--worker-id", str(i), "--no-progress",
+               "--no-end-steps"]  # fmt: skip
         if gpu is None:
             cmd += ["--device", "cpu"]
         if population:

@@ -95,3 +95,26 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def db_now(study: optuna.Study) -> float:
+    """The study database's clock, in seconds since the epoch: one clock for every worker's leases, whatever
+    their hosts' clocks say (Optuna's stale-trial check reads the database's clock too). A storage without a
+    server (in memory) has this process's clock."""
+    import time
+    from datetime import UTC, datetime
+
+    rdb = rdb_backend(study)
+    if rdb is None:
+        return time.time()
+
+    def read() -> float:
+        with rdb.engine.connect() as conn:
+            now = conn.execute(sa.select(sa.func.current_timestamp())).scalar_one()
+        if isinstance(now, str):  # SQLite without a DateTime result type: 'YYYY-MM-DD HH:MM:SS', UTC
+            now = datetime.fromisoformat(now)
+        if now.tzinfo is None:  # SQLite's CURRENT_TIMESTAMP is UTC
+            now = now.replace(tzinfo=UTC)
+        return now.timestamp()
+
+    return with_retry(read, mask_url(rdb.engine.url.render_as_string(hide_password=False)))

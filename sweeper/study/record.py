@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import StudyError
+from sweeper.study.lock import db_now
 from sweeper.study.recipes import literature_points
 from sweeper.study.spec import StudySpec, parse_spec
 from sweeper.study.storage import make_storage
@@ -30,6 +31,7 @@ _SPEC = "sweeper.spec"
 _BUDGET = "sweeper.budget"
 _PARENT_RUN = "sweeper.mlflow_parent_run"
 _RESULTS = {"test": "sweeper.best_test", "refit": "sweeper.refit_test"}  # kind -> study user attr
+_END = "sweeper.end"  # the end steps' state: who runs them, since when, how they ended (``sweeper.finish``)
 _END_REASON = "end_reason"
 _LR = "lr"
 _START = "start_point"  # a trial enqueued from the literature's recipes
@@ -47,6 +49,7 @@ class StudyReport:
     best_trial: int | None = None
     test: dict[str, Any] | None = None
     refit: dict[str, Any] | None = None  # the best trial's settings refit on train + val (``sweeper.best``)
+    end: dict[str, Any] | None = None  # the end steps, once the budget is met: state "pending" / "running" / ...
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -158,6 +161,24 @@ class StudyRecord:
     def set_result(self, kind: str, result: dict[str, Any]) -> None:
         self.study.set_user_attr(_RESULTS[kind], result)
 
+    def end_state(self) -> dict[str, Any] | None:
+        """The end steps of the study's current budget (``sweeper.finish``): ``None`` while the budget is not met,
+        else a dict whose ``state`` is ``"pending"`` (nobody ran them yet), ``"running"`` (``owner``, ``beat``),
+        ``"done"`` or ``"failed"`` (``error``). A state stored for an earlier budget reads as pending; a running
+        one has its ``age``, the seconds since its finisher last renewed its claim."""
+        if not self.done:
+            return None
+        stored = self.study.user_attrs.get(_END)
+        if not stored or stored.get("budget") != self.budget:
+            return {"state": "pending", "budget": self.budget}
+        state = dict(stored)
+        if state["state"] == "running":  # since its finisher last renewed its claim (one clock: the database's)
+            state["age"] = db_now(self.study) - float(state.get("beat", 0.0))
+        return state
+
+    def set_end_state(self, state: dict[str, Any]) -> None:
+        self.study.set_user_attr(_END, {**state, "budget": self.budget})
+
     # -- what the trials say ---------------------------------------------------------------------
     def n_finished(self) -> int:
         return n_finished(self.study)
@@ -183,6 +204,7 @@ class StudyRecord:
         if best is not None:
             rep.best_value, rep.best_params, rep.best_trial = best.value, best.params, best.number
         rep.test, rep.refit = self.result("test", best), self.result("refit", best)
+        rep.end = self.end_state()
         return rep
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from sweeper.errors import StudyError
+from sweeper.errors import StudyError, TrackingError
 from sweeper.study.record import StudyRecord
 from sweeper.study.spec import StudySpec
 from sweeper.study.urls import mask_url
@@ -26,6 +26,11 @@ log = logging.getLogger("sweeper.tracking")
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # MLflow's runs page loads ?viewStateShareKey=KEY from this tag
 TRIALS_VIEW = "sweeper-trials"
 STORAGE_TAG = "sweeper.storage"  # on the experiment: the study database it belongs to
+MODEL_TRIAL_TAG = "sweeper.trial"  # on a logged best_model / refit_model: the trial it is the network of
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _numeric(v: Any) -> float:
@@ -176,8 +181,9 @@ def log_study_plots(client: MlflowClient, parent_run_id: str, study: optuna.Stud
             client.log_artifacts(parent_run_id, tmp, artifact_path="plots")
 
 
-def log_study_dashboard(uri: str, record: StudyRecord) -> None:
-    """Summary and plots on the parent run at the end of a worker's run; the run ends once the budget is met."""
+def log_study_dashboard(uri: str, record: StudyRecord, strict: bool = False) -> None:
+    """Summary and plots on the parent run; the run ends once the budget is met. A tracking failure is a
+    warning (it must never fail a study), or with ``strict`` a ``TrackingError`` (the end steps say so)."""
     parent, study, done = record.parent_run_id, record.study, record.done
     if not parent:
         return
@@ -190,6 +196,8 @@ def log_study_dashboard(uri: str, record: StudyRecord) -> None:
             end_ms = int(max(ends).timestamp() * 1000) if ends else None
             client.set_terminated(str(parent), status="FINISHED", end_time=end_ms)
     except Exception as e:  # tracking must never fail a finished study
+        if strict:
+            raise TrackingError(f"MLflow at {mask_url(uri)} failed ({type(e).__name__})") from None
         log.warning(
             "MLflow tracking at %s failed (%s); results stay in the study database", mask_url(uri), type(e).__name__
         )
@@ -216,10 +224,12 @@ def log_best_model(
     from mlflow.entities import Metric, RunTag
 
     client = client_for(uri)
+    if logged_model_ready(uri, parent_run_id, f"{kind}_model", result["trial"]):
+        return  # logged by a finisher that then died before it stored the result: not logged twice
     ts = int(time.time() * 1000)
     client.log_batch(
         parent_run_id,
-        metrics=[Metric(f"{kind}.{k}", float(v), ts, 0) for k, v in result.items() if k != "trial"],
+        metrics=[Metric(f"{kind}.{k}", float(v), ts, 0) for k, v in result.items() if _is_number(v) and k != "trial"],
         tags=[RunTag(f"{kind}_trial", str(result["trial"]))],
     )
     # logit column i is the class classes[i]: the data's labels were mapped to 0..K-1 in sorted order
@@ -233,4 +243,28 @@ def log_best_model(
     requirements = [f"torch=={torch.__version__.split('+')[0]}"]
     with mlflow.start_run(run_id=parent_run_id):
         # the signature (float32 [-1, features] -> [-1, classes]) is inferred from the raw input example
-        mlflow.pytorch.log_model(model, name=f"{kind}_model", input_example=example, pip_requirements=requirements)
+        mlflow.pytorch.log_model(
+            model,
+            name=f"{kind}_model",
+            input_example=example,
+            pip_requirements=requirements,
+            tags={MODEL_TRIAL_TAG: str(result["trial"])},
+        )
+
+
+def logged_model_ready(uri: str, run_id: str, name: str, trial: int) -> bool:
+    """Whether the study run already has the model ``name`` of this trial, whole; a model left half-logged
+    (PENDING or FAILED: its logger died mid-upload) is deleted, so the run ends with exactly one."""
+    from mlflow.entities import LoggedModelStatus
+
+    client = client_for(uri)
+    exp_id = client.get_run(run_id).info.experiment_id
+    where = f"name = '{name}' AND source_run_id = '{run_id}' AND tags.`{MODEL_TRIAL_TAG}` = '{trial}'"
+    found = client.search_logged_models([exp_id], filter_string=where)
+    ready = False
+    for model in found:
+        if model.status == LoggedModelStatus.READY:
+            ready = True
+        else:
+            client.delete_logged_model(model.model_id)
+    return ready
