@@ -9,7 +9,9 @@
 #               exits 0 within its stop grace period; then `docker compose start worker` finishes the study.
 # Trial counts are printed before and after each fault. At the end: exactly the budget of finished trials,
 # none RUNNING or WAITING, no trial finished twice (a retry and its original), every failed trial retried
-# (or an untrained surplus), trials from all 3 worker containers, and an MLflow run for every finished trial.
+# (or an untrained surplus), trials from all 3 worker containers, and an MLflow run for every finished trial;
+# the study's end steps run once, by one worker: its test score, best_model and refit_model (once each) in
+# MLflow, the study run FINISHED; and no container shows the database password on a command line.
 #
 # Env: SKIP_BUILD=1 reuses the images; KEEP=1 leaves the stack up; MLFLOW_PORT (default 15123) publishes the
 #      MLflow UI on 127.0.0.1; SMOKE_TIMEOUT (s, default 600) bounds the whole test.
@@ -97,6 +99,22 @@ mapfile -t ids < <("${compose[@]}" ps -aq worker)
 [ ${#ids[@]} -eq $workers ] || fail "expected $workers worker containers, found ${#ids[@]}"
 log "stack up in $((SECONDS - up))s: postgres, mlflow, $workers workers ($(docker inspect -f '{{.Config.Hostname}}' "${ids[@]}" | tr '\n' ' '))budget $budget"
 
+# --- no secret on any command line: docker inspect (Path, Args, Cmd, Entrypoint) and every process (docker top)
+no_password_on_command_lines() {
+  local c seen=0
+  for c in $("${compose[@]}" ps -aq); do
+    docker inspect -f '{{.Path}} {{join .Args " "}} {{join .Config.Cmd " "}} {{join .Config.Entrypoint " "}}' "$c" \
+      | grep -qF "$POSTGRES_PASSWORD" && fail "the database password is on the command line of container ${c:0:12}"
+    if [ "$(docker inspect -f '{{.State.Running}}' "$c")" = true ]; then
+      docker top "$c" -o pid,args | grep -qF "$POSTGRES_PASSWORD" \
+        && fail "the database password is in a process's arguments in container ${c:0:12} (docker top)"
+    fi
+    seen=$((seen + 1))
+  done
+  log "no password in the command line of any of $seen containers (docker inspect) nor of their processes (docker top)"
+}
+no_password_on_command_lines
+
 # --- fault 1: docker kill of a worker container mid-trial -----------------------------------------
 found=$(mid_trial)
 read -r k_trial k_host <<<"$found"
@@ -167,6 +185,13 @@ for c in "${ids[@]}"; do
   log "worker ${c:0:12}: exit 0, $(docker logs "$c" 2>&1 | grep -c 'worker ran') run(s): $(docker logs "$c" 2>&1 | grep -o 'worker ran [0-9]* trial(s)' | tr '\n' ' ')"
 done
 
+enders=0
+for c in "${ids[@]}"; do enders=$((enders + $(docker logs "$c" 2>&1 | grep -c 'running the end steps' || true))); done
+[ "$enders" = 1 ] || fail "$enders worker runs ran the study's end steps, not exactly one"
+log "the end steps (test score, best model, refit) ran in one worker: $(for c in "${ids[@]}"; do
+  docker logs "$c" 2>&1 | grep -q 'running the end steps' && docker inspect -f '{{.Config.Hostname}}' "$c"; done)"
+no_password_on_command_lines
+
 # Checked from inside the compose network, with the study storage and MLflow server the workers used.
 "${compose[@]}" run --rm --no-deps -T -e SWEEPER_STUDY_NAME -e SWEEPER_STUDY_FILE --entrypoint python3 create - "${hosts[@]}" <<'PY'
 import collections, os, sys, warnings
@@ -223,7 +248,35 @@ print(f"trials: {dict(state)}; finished {len(finished)} = budget {budget}; faile
       f"{len(retried)} retried (same parameters), {len(surplus)} untrained surplus")
 print(f"finished trials per worker container: {dict(hosts)}")
 print(f"MLflow: {len(runs)} trial runs; {len(finished) - len(missing)} of the {len(finished)} finished trials have their run")
+# the end of the study, once: its test score and best model, the refit, the study run ended
+from sweeper.study.record import StudyRecord
+
+record = StudyRecord.open(name, os.environ["SWEEPER_STORAGE"])
+best = record.best_trial()
+test, refit, end = record.result("test", best), record.result("refit", best), record.end_state()
+if (end or {}).get("state") != "done":
+    problems.append(f"the end steps are not done: {end}")
+if not test or test.get("model") != "selected":
+    problems.append(f"no test score of the selected network: {test}")
+if record.spec.refit and not refit:
+    problems.append("no refit result")
+parent = record.parent_run_id
+models = sorted((m.name, str(m.status), m.tags.get("sweeper.trial")) for m in client.search_logged_models(
+    [exp.experiment_id], filter_string=f"source_run_id = '{parent}'"))
+want = [("best_model", "READY", str(best.number))] + ([("refit_model", "READY", str(best.number))] if record.spec.refit else [])
+if models != want:
+    problems.append(f"logged models of the study run: {models}, not {want}")
+for metric in ["best.test_accuracy"] + (["refit.test_accuracy"] if record.spec.refit else []):
+    if len(client.get_metric_history(parent, metric)) != 1:
+        problems.append(f"{metric} logged {len(client.get_metric_history(parent, metric))} times, not once")
+if client.get_run(parent).info.status != "FINISHED":
+    problems.append(f"the study run is {client.get_run(parent).info.status}, not FINISHED")
+acc = lambda r: f"{r['test_accuracy']:.4f}" if r else "none"
+print(f"end: best trial #{best.number} ({best.value:.4f}), test accuracy {acc(test)} ({(test or {}).get('model')} "
+      f"network), refit {acc(refit)}; logged models {models}")
 if problems:
     sys.exit("FAILED: " + "; ".join(problems))
 PY
-log "checks passed: budget exact, no surplus, no repeated parameters, nothing lost, duplicated or left RUNNING, every trial in MLflow"
+log "what the stack leaves behind, as 'docker compose run --rm create status $name' prints it:"
+"${compose[@]}" run --rm --no-deps -T create status "$name" 2>/dev/null | sed 's/^/    /'
+log "checks passed: budget exact, no surplus, no repeated parameters, nothing lost, duplicated or left RUNNING, every trial in MLflow, the study ended once (test score, best_model, refit), no password on a command line"

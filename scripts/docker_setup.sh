@@ -29,6 +29,13 @@ build=1
 [ "$(id -u)" = 0 ] || die "run as root (sudo $0): it installs packages and starts dockerd" 2
 export DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1
 
+# wait_for PID SECONDS: true once PID has exited, false if it still runs after SECONDS
+wait_for() {
+  local i
+  for ((i = 0; i < $2; i++)); do kill -0 "$1" 2>/dev/null || return 0; sleep 1; done
+  ! kill -0 "$1" 2>/dev/null
+}
+
 apt_updated=
 apt_install() {
   if [ -z "$apt_updated" ]; then apt-get update -qq; apt_updated=1; fi
@@ -55,8 +62,9 @@ else
   say "starting dockerd $DOCKERD_FLAGS (log: $DOCKERD_LOG)"
   # --bridge=none and --ip-forward=false: no default bridge and no forwarding, so containers reach only
   # each other (compose's own network) and nothing outside this machine; builds use the host's network.
+  touch "$DOCKERD_LOG"  # on a first run there is no log yet
+  log_from=$(($(wc -l <"$DOCKERD_LOG") + 1))
   # shellcheck disable=SC2086
-  log_from=$(($(wc -l <"$DOCKERD_LOG" 2>/dev/null || echo 0) + 1))
   setsid nohup dockerd $DOCKERD_FLAGS </dev/null >>"$DOCKERD_LOG" 2>&1 &
   dockerd_pid=$!
   for _ in $(seq 60); do
@@ -121,8 +129,12 @@ if [ -n "$build" ]; then
   log=/var/tmp/sweeper-compose-build.log
   # The password is not built into any image; compose only insists on the variable being set.
   POSTGRES_PASSWORD=${POSTGRES_PASSWORD:-unused-by-build} \
-    docker compose -f docker/compose.yaml -f docker/compose.local.yaml --progress plain build >"$log" 2>&1 \
-    || { tail -n 40 "$log"; die "image build failed (log: $log)"; }
+    docker compose -f docker/compose.yaml -f docker/compose.local.yaml --progress plain build >"$log" 2>&1 &
+  build_pid=$!
+  while ! wait_for "$build_pid" 20; do  # a first build takes minutes: say which step it is at
+    say "  building: $(grep -E '^#[0-9]+ \[' "$log" | tail -n1 | cut -c1-110)"
+  done
+  wait "$build_pid" || { tail -n 40 "$log"; die "image build failed (log: $log)"; }
   say "images: $(docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^sweeper' | tr '\n' ' ')"
 fi
 say "ready in $((SECONDS - t0))s"

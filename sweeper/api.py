@@ -217,7 +217,9 @@ def join(
     _check_population(population)
     set_threads(threads)
     url, uri = storage_url(storage), tracking_uri(tracking)
-    n = run_worker(study_name, url, uri, worker_id, progress=progress, device=device, population=population)
+    n = run_worker(
+        study_name, url, uri, worker_id, progress=progress, device=device, population=population, trial_lines=True
+    )
     record = StudyRecord.open(study_name, url, wait=True)
     if record.done and end_steps:  # the last trial's worker, or a later one if that one died mid-way
         from sweeper.finish import end_study

@@ -4,6 +4,7 @@ a real MLflow store, and a finisher SIGKILLed during the end steps."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +70,8 @@ def test_two_workers_end_the_study_once(pg_url: str, tracking_uri: str) -> None:
     assert [p.returncode for p in procs] == [0, 0], outs
     assert sum("running the end steps" in out for out in outs) == 1, outs
     assert not any("Traceback" in out for out in outs), outs
+    lines = re.findall(r"trial (\d+) (?:complete|pruned)(?: [\d.]+)? \((\d)/4 finished", "".join(outs))
+    assert sorted(int(t) for t, _ in lines) == [0, 1, 2, 3], outs  # --no-progress: a line per trial, in its worker
     _assert_ended_once("ends", pg_url, tracking_uri)
 
     status = CliRunner().invoke(main, ["status", "ends", "--storage", pg_url])

@@ -164,12 +164,13 @@ class StudyRecord:
     def end_state(self) -> dict[str, Any] | None:
         """The end steps of the study's current budget (``sweeper.finish``): ``None`` while the budget is not met,
         else a dict whose ``state`` is ``"pending"`` (nobody ran them yet), ``"running"`` (``owner``, ``beat``),
-        ``"done"`` or ``"failed"`` (``error``). A state stored for an earlier budget reads as pending; a running
-        one has its ``age``, the seconds since its finisher last renewed its claim."""
+        ``"done"`` or ``"failed"`` (``error``). A state stored for another budget, or before the study file asked
+        for a refit, reads as pending; a running one has its ``age``, the seconds since its finisher last renewed
+        its claim."""
         if not self.done:
             return None
         stored = self.study.user_attrs.get(_END)
-        if not stored or stored.get("budget") != self.budget:
+        if not stored or stored.get("budget") != self.budget or stored.get("refit") != self.spec.refit:
             return {"state": "pending", "budget": self.budget}
         state = dict(stored)
         if state["state"] == "running":  # since its finisher last renewed its claim (one clock: the database's)
@@ -177,7 +178,7 @@ class StudyRecord:
         return state
 
     def set_end_state(self, state: dict[str, Any]) -> None:
-        self.study.set_user_attr(_END, {**state, "budget": self.budget})
+        self.study.set_user_attr(_END, {**state, "budget": self.budget, "refit": self.spec.refit})
 
     # -- what the trials say ---------------------------------------------------------------------
     def n_finished(self) -> int:

@@ -1,4 +1,5 @@
-"""What a worker shows a person: a progress bar of the shared budget, and one line per fault, no tracebacks.
+"""What a worker shows a person: a progress bar of the shared budget (or, without one, a line per trial), and one
+line per fault, no tracebacks.
 
 A trial that fails is recorded with its reason (``end_reason``) in the study database and MLflow;
 the terminal gets Optuna's one-line warning without the traceback. A trial stopped by SIGTERM or
@@ -14,6 +15,8 @@ from optuna.trial import FrozenTrial
 
 from sweeper.study.record import n_finished
 from sweeper.workers.shutdown import WorkerStopped
+
+log = logging.getLogger("sweeper")
 
 
 class _NoTraceback(logging.Filter):
@@ -60,3 +63,25 @@ class ProgressBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+class TrialLines:
+    """An Optuna callback for a worker without a bar (``--no-progress``: a container's log, a batch job's
+    output): one line per trial it ends, with the shared budget's count and the best value so far."""
+
+    def __init__(self, study: optuna.Study, budget: int) -> None:
+        self.budget = budget
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        value = f" {trial.value:.4f}" if trial.value is not None else ""
+        try:
+            best = f", best {study.best_value:.4f}"
+        except ValueError:  # no completed trial yet
+            best = ""
+        n = min(n_finished(study), self.budget)
+        log.info(
+            "trial %d %s%s (%d/%d finished%s)", trial.number, trial.state.name.lower(), value, n, self.budget, best
+        )
+
+    def close(self) -> None:
+        pass

@@ -25,7 +25,7 @@ from sweeper.training.objective import Diverged, Objective, prepare_data
 from sweeper.training.population.trainer import unstackable
 from sweeper.workers.budget import claim
 from sweeper.workers.heartbeat import Heartbeat
-from sweeper.workers.progress import ProgressBar, quiet_trial_tracebacks
+from sweeper.workers.progress import ProgressBar, TrialLines, quiet_trial_tracebacks
 from sweeper.workers.shutdown import Shutdown, WorkerStopped, requeue
 
 log = logging.getLogger("sweeper")
@@ -47,6 +47,7 @@ def run_worker(
     population: int | None = None,
     labels: Mapping[str, str] | None = None,
     reproducible: bool = False,
+    trial_lines: bool = False,
 ) -> int:
     """Run trials of an existing study until it has its budget of finished trials; return how many this worker ran.
 
@@ -54,6 +55,7 @@ def run_worker(
     as trial attributes and MLflow tags. ``worker_id`` is only that label: every worker's sampler gets
     a seed of its own, so scaled workers never repeat each other's trials; ``reproducible`` seeds it
     with the study seed instead (the one worker of ``sweeper launch``: a re-run repeats the search).
+    ``progress`` shows a bar of the shared budget; ``trial_lines`` (without a bar) a line per trial it ends.
     """
     record = StudyRecord.open(study_name, storage, heartbeat=True, fresh_sampler_seed=not reproducible)
     study, spec, budget = record.study, record.spec, record.budget
@@ -73,7 +75,7 @@ def run_worker(
     tracker = (
         MlflowTracker(tracking_uri, record.parent_run_id, where) if tracking_uri and record.parent_run_id else None
     )
-    bar = ProgressBar(study, budget) if progress else None
+    bar = ProgressBar(study, budget) if progress else TrialLines(study, budget) if trial_lines else None
     callbacks: list[Any] = [c for c in (tracker, bar) if c is not None]
     hooks = [tracker.on_epoch] if tracker is not None else []
     keep = tracker.keep_weights if tracker is not None else None  # the selected network goes with its run
