@@ -132,7 +132,7 @@ if [ -n "$build" ]; then
     docker compose -f docker/compose.yaml -f docker/compose.local.yaml --progress plain build >"$log" 2>&1 &
   build_pid=$!
   while ! wait_for "$build_pid" 20; do  # a first build takes minutes: say which step it is at
-    say "  building: $(grep -E '^#[0-9]+ \[' "$log" | tail -n1 | cut -c1-110)"
+    say "  building: $(grep -E '^#[0-9]+ \[' "$log" | tail -n1 | sed -E 's/^(#[0-9]+ \[[^]]*\] [A-Z]+).*/\1/')"
   done
   wait "$build_pid" || { tail -n 40 "$log"; die "image build failed (log: $log)"; }
   say "images: $(docker image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E '^sweeper' | tr '\n' ' ')"

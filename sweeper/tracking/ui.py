@@ -35,11 +35,12 @@ def experiment_url(uri: str, base: str, study: str | None) -> str:
         raise SpecError(f"no MLflow experiment named {study!r} in the tracking store; run 'sweeper launch' first")
     from sweeper.tracking.study_run import SHARED_VIEW_TAG, TRIALS_VIEW
 
-    runs = f"{base}/#/experiments/{exp.experiment_id}/runs"
+    # workflowType: the UI's "Model training" side (MLflow 3 opens on its GenAI side, whatever the experiment's kind)
+    runs = f"{base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
     if f"{SHARED_VIEW_TAG}{TRIALS_VIEW}" in exp.tags:  # the trial runs with their parameters as columns
-        return f"{runs}?viewStateShareKey={TRIALS_VIEW}"
+        return f"{runs}&viewStateShareKey={TRIALS_VIEW}"
     query = urllib.parse.urlencode({"searchFilter": "tags.`sweeper.role` = 'trial'"}, quote_via=urllib.parse.quote)
-    return f"{runs}?{query}"
+    return f"{runs}&{query}"
 
 
 def link_hint(url: str) -> str:
