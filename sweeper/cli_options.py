@@ -104,3 +104,7 @@ def configure_logging(verbose: bool) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a "View run" line per trial
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # loading the selected weights
+        # a machine or image without git (the Docker image): logging a model would print GitPython's 20-line
+        # notice and three MLflow warnings that the code's git commit cannot be tagged
+        os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+        logging.getLogger("mlflow.utils.git_utils").setLevel(logging.ERROR)

@@ -67,6 +67,8 @@ def test_ui_link_shows_trials_and_their_dropout_rates_without_a_click(tmp_path: 
     finally:
         stop_ui(proc, url)
     print(f"screenshot: {shot}")
+    # the UI's Model training side (Runs, Models, Traces), not its GenAI side (Overview, Judges, Prompts, ...)
+    assert "Model registry" in text and "Judges" not in text, text[:500]
     for name, params in trials.items():
         assert name in text
         for p in ("dropout.input", "dropout.hidden_1"):
