@@ -42,7 +42,8 @@ def score_best_on_test(
         return None
     spec, uri = record.spec, _uri(record, tracking)
     done = record.result("test", best)
-    if done and not _model_missing(uri, record, "best", best.number):
+    missing = _model_missing(uri, record, "best", best.number)  # first: MLflow down means nothing is scored
+    if done and not missing:
         return done
     data = prepare_data(spec) if data is None else data
     model, source = _best_network(record, best, data, uri)
@@ -77,7 +78,8 @@ def refit_best(
         return None
     spec, uri = record.spec, _uri(record, tracking)
     done = record.result("refit", best)
-    if done and not _model_missing(uri, record, "refit", best.number):
+    missing = _model_missing(uri, record, "refit", best.number)
+    if done and not missing:
         return done
     data = prepare_data(spec) if data is None else data
     both = Split(torch.cat([data.train.x, data.val.x]), torch.cat([data.train.y, data.val.y]))
@@ -123,7 +125,9 @@ def _uri(record: StudyRecord, tracking: str | None) -> str | None:
 
 
 def _model_missing(uri: str | None, record: StudyRecord, kind: str, trial: int) -> bool:
-    """Whether a scored result still lacks its logged ``<kind>_model`` (never, with tracking off)."""
+    """Whether the study run lacks the trial's ``<kind>_model`` (never, with tracking off); ``TrackingError``
+    while MLflow does not answer, before anything is scored: a network retrained because its kept weights
+    could not be downloaded would be scored, and another one logged later."""
     if uri is None:
         return False
     from sweeper.tracking.study_run import logged_model_ready
@@ -137,9 +141,9 @@ def _model_missing(uri: str | None, record: StudyRecord, kind: str, trial: int) 
 def _log_and_store(
     record: StudyRecord, uri: str | None, model: Any, data: Any, result: dict[str, Any], kind: str
 ) -> None:
-    """Log the model first, then store the result: a stored result means its model is logged (or tracking
-    is off), so whoever finds it stored has nothing left to do. The result is stored even when the
-    tracking store refused the model; the ``TrackingError`` then says so."""
+    """Log the model first, then store the result: a finisher killed in between leaves no result, and the next
+    one logs nothing twice (it finds the model logged). When the tracking store refuses the model, the result
+    is stored all the same and the ``TrackingError`` says so; whoever runs the end steps next logs the model."""
     try:
         _log_model(record, uri, model, data, result, _MODEL[kind])
     finally:

@@ -179,6 +179,8 @@ def finish(study_name: str, storage: str | None, tracking_uri: str | None, threa
 
     rep = api.finish(study_name, storage=storage, tracking=tracking_uri, threads=threads, require_done=True)
     _print_report(rep)
+    if (rep.end or {}).get("state") == "failed":  # the reason is printed above, with how to carry on
+        raise SystemExit(1)
 
 
 @main.command()

@@ -128,3 +128,28 @@ def test_finish_runs_end_steps_a_worker_left(tmp_path: Any, tracking_uri: str) -
     assert done.exit_code == 0, done.output
     assert "best trial's test accuracy" in done.output and "refit on train + validation" in done.output
     _assert_ended_once("left-end", url, tracking_uri)
+
+
+def test_end_steps_while_mlflow_is_down_fail_and_finish_completes_them_later(tmp_path: Any, tracking_uri: str) -> None:
+    import socket
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    _create("down-end", url, tracking_uri)
+    runner = CliRunner()
+    ran = runner.invoke(main, ["worker", "down-end", "--storage", url, "--tracking-uri", tracking_uri,
+                               "--no-progress", "--no-end-steps"])  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    with socket.socket() as s:  # a port nothing listens on: the tracking server is down
+        s.bind(("127.0.0.1", 0))
+        down = f"http://127.0.0.1:{s.getsockname()[1]}"
+    failed = runner.invoke(main, ["finish", "down-end", "--storage", url, "--tracking-uri", down])
+    assert failed.exit_code == 1, failed.output
+    assert f"end steps failed: MLflow at {down} did not answer" in failed.output, failed.output
+    assert "run 'sweeper finish down-end'" in failed.output and "Traceback" not in failed.output
+    record = StudyRecord.open("down-end", url)
+    assert record.result("test") is None and record.end_state()["state"] == "failed"  # nothing scored meanwhile
+    status = runner.invoke(main, ["status", "down-end", "--storage", url])
+    assert "end steps failed" in status.output, status.output
+    done = runner.invoke(main, ["finish", "down-end", "--storage", url, "--tracking-uri", tracking_uri])
+    assert done.exit_code == 0, done.output
+    _assert_ended_once("down-end", url, tracking_uri)
