@@ -151,6 +151,10 @@ def launch_path(
         problems.append(f"devices {s['devices']} (MLflow {run_devices}), expected {device}")
     if s["test"] is None or info["printed_test"] is None:
         problems.append("no test accuracy printed or stored")
+    if "worker(s) failed" in ran.output:  # launch goes on when a worker process dies: the others meet the budget
+        problems.append("a worker process failed (see the log)")
+    if "--workers" in args and device == "cuda" and len(s["workers"]) < 2:
+        problems.append(f"trials per worker {s['workers']}: the workers did not share the GPU")
     states = ", ".join(f"{n} {k}" for k, n in s["states"].items())
     detail = (
         f"{ran.seconds:.0f} s wall, {s['span']:.0f} s of trials; {len(s['finished'])}/{s['budget']} finished "
