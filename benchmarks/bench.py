@@ -6,14 +6,18 @@ Run in one process, side by side, with the same network, batch size and hyperpar
   (b) sweeper: ``sweeper.training.train.train`` (data resident on the device, one host sync per epoch);
   (c) population: ``sweeper.training.population`` with K trials stacked, for each K in ``--ks``.
 
-Reference size (the default): 784-1024-1024-10 MLP, batch 128, 60,000 x 784 synthetic samples.
+Reference size (the default): 784-1024-1024-10 MLP, batch 128, 60,000 x 784 synthetic samples; ``--mnist1d``:
+the MNIST-1D study network, 40-512-512-10, on 3,400 x 40 samples (the study's training split).
 
-    python benchmarks/bench.py --device cuda                      # full size on a GPU
+    python benchmarks/bench.py --device cuda                      # full size on a GPU, K up to 128
+    python benchmarks/bench.py --device cuda --mnist1d --trial-epochs 30
     python benchmarks/bench.py --device cpu --small               # CPU smoke run (a few minutes)
     python benchmarks/bench.py --device cpu --small --out results/bench_cpu.txt
 
 FLOPs are counted as 6 * parameters * training samples per trial-epoch (forward + backward); the
-validation pass each epoch is timed but not counted, so the TFLOP/s is a floor.
+validation pass each epoch is timed but not counted, so the TFLOP/s is a floor. On CUDA the table adds each
+method's share of the GPU's bf16 peak (``--peak-tflops``, default 790: an H200's 8192^3 bf16 matmul, measured);
+(a) and (b) train in fp32, the populations' matmuls in bf16.
 """
 
 from __future__ import annotations
@@ -35,11 +39,13 @@ from sweeper.training.population.trainer import PopulationTrainer
 from sweeper.training.train import seed_everything, train
 
 SIZES = {
-    "full": dict(n_train=60_000, n_val=10_000, in_features=784, hidden=(1024, 1024), ks=(1, 8, 32, 64)),
+    "full": dict(n_train=60_000, n_val=10_000, in_features=784, hidden=(1024, 1024), ks=(1, 8, 32, 64, 128)),
+    "mnist1d": dict(n_train=3_400, n_val=600, in_features=40, hidden=(512, 512), ks=(1, 8, 32, 64, 128)),
     "small": dict(n_train=8_192, n_val=1_024, in_features=784, hidden=(256, 256), ks=(1, 4, 16)),
     "tiny": dict(n_train=256, n_val=64, in_features=16, hidden=(8,), ks=(1, 2)),
 }
 NUM_CLASSES = 10
+H200_BF16_PEAK_TFLOPS = 790.0  # an 8192^3 bf16 matmul through PyTorch on the workplace's H200 (KINDS.md)
 
 
 @dataclass
@@ -122,8 +128,12 @@ def population(data: Dataset, hidden: Sequence[int], hp: Hparams, settings: Trai
         trainer.train_epoch()
 
 
+def size_name(args: argparse.Namespace) -> str:
+    return "tiny" if args.tiny else "small" if args.small else "mnist1d" if args.mnist1d else "full"
+
+
 def run(args: argparse.Namespace) -> list[Row]:
-    size = dict(SIZES["tiny" if args.tiny else "small" if args.small else "full"])
+    size = dict(SIZES[size_name(args)])
     device = torch.device(args.device)
     hidden = tuple(args.hidden) if args.hidden else size["hidden"]
     ks = tuple(args.ks) if args.ks else size["ks"]
@@ -170,19 +180,24 @@ def run(args: argparse.Namespace) -> list[Row]:
 
 def table(rows: list[Row], args: argparse.Namespace, trial_epochs: int) -> str:
     base = rows[0].per_trial_epoch
-    size = "tiny" if args.tiny else "small" if args.small else "full"
     head = (
-        f"device={args.device} size={size} batch={args.batch_size} timed_epochs={args.epochs} repeat={args.repeat} "
-        f"torch={torch.__version__} python={platform.python_version()} threads={torch.get_num_threads()}\n"
+        f"device={args.device} size={size_name(args)} batch={args.batch_size} timed_epochs={args.epochs} "
+        f"repeat={args.repeat} torch={torch.__version__} python={platform.python_version()} "
+        f"threads={torch.get_num_threads()}\n"
         f"trials/hour assume {trial_epochs} epochs per trial; ratio = speed vs (a)\n"
     )
+    peak = args.peak_tflops
+    if args.device.startswith("cuda"):
+        head += f"gpu={torch.cuda.get_device_name(args.device)}\n"
+    if peak:
+        head += f"%peak = TFLOP/s / {peak:g} (the bf16 peak); (a) and (b) train in fp32, (c) in bf16\n"
     lines = [f"{'method':<26}{'s/trial-epoch':>14}{'trials/hour':>13}{'ratio':>8}{'TFLOP/s':>10}"]
+    lines[0] += f"{'%peak':>8}" if peak else ""
     for r in rows:
         t = r.per_trial_epoch
-        lines.append(
-            f"{r.name:<26}{t:>14.4f}{3600 / (t * trial_epochs):>13.1f}{base / t:>8.2f}"
-            f"{r.flops_per_trial_epoch / t / 1e12:>10.4f}"
-        )
+        tflops = r.flops_per_trial_epoch / t / 1e12
+        lines.append(f"{r.name:<26}{t:>14.4f}{3600 / (t * trial_epochs):>13.1f}{base / t:>8.2f}{tflops:>10.4f}")
+        lines[-1] += f"{100 * tflops / peak:>8.2f}" if peak else ""
     return head + "\n".join(lines) + "\n"
 
 
@@ -191,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--small", action="store_true", help="CPU-sized: 8192 x 784, 784-256-256-10, K in 1,4,16")
     p.add_argument("--tiny", action="store_true", help="seconds-sized, for the test suite")
+    p.add_argument("--mnist1d", action="store_true", help="the MNIST-1D study network: 3400 x 40, 40-512-512-10")
     p.add_argument("--ks", type=int, nargs="+", help="population sizes to time")
     p.add_argument("--hidden", type=int, nargs="+", help="hidden widths (default per size)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -201,8 +217,11 @@ def main(argv: Sequence[str] | None = None) -> str:
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is steadier on a shared machine)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up runs before timing [default: 1 on CUDA]")
     p.add_argument("--no-amp", action="store_true", help="population in fp32 on CUDA too (no bf16 autocast)")
+    p.add_argument("--peak-tflops", type=float, help="bf16 peak for %%peak [default: 790 on CUDA, none on CPU]")
     p.add_argument("--out", help="also write the table to this file")
     args = p.parse_args(argv)
+    if args.peak_tflops is None and args.device.startswith("cuda"):
+        args.peak_tflops = H200_BF16_PEAK_TFLOPS
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.warmup is None:
