@@ -158,3 +158,30 @@ def test_workers_seed_their_samplers_differently(tiny_spec: Any) -> None:
         study = optuna.create_study(sampler=make_sampler(spec, seed))
         draws.append(study.ask().suggest_float("x", 0, 1))
     assert len(set(draws)) == 4
+
+
+def test_an_out_of_memory_trial_lets_go_of_its_tensors_before_memory_is_freed(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.cuda.empty_cache can only return memory no tensor holds: the failed trial's tensors, alive in its
+    traceback's frames, must be gone by then (else the other workers on the GPU never get that memory)."""
+    import weakref
+
+    import torch
+
+    from sweeper.workers import worker
+    from sweeper.workers.shutdown import Shutdown
+
+    refs: list[weakref.ref[torch.Tensor]] = []
+    alive_at_free: list[bool] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        activations = torch.ones(512, 512)  # what a trial holds when its next allocation fails
+        refs.append(weakref.ref(activations))
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(worker, "_free_memory", lambda: alive_at_free.append(any(r() is not None for r in refs)))
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/oom.db")
+    with Shutdown() as stop:
+        worker.TrialLoop(study, objective, budget=1, where={}).run(stop)
+    assert alive_at_free and not any(alive_at_free), alive_at_free

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 import socket
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -183,6 +184,10 @@ class TrialLoop:
         if error is not None:
             log.warning("trial %d failed: %s: %s", trial.number, type(error).__name__, str(error)[:300])
             if _is_oom(error):
+                # the traceback's frames hold the failed trial's tensors: drop them first, or the memory stays
+                # in this process's cache, out of reach of the other workers on the GPU
+                traceback.clear_frames(error.__traceback__)
+                error = None
                 _free_memory()
         return frozen
 
