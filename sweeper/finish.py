@@ -96,7 +96,8 @@ class _Claim:
         self.record, self.study = record, record.study
         self.owner = uuid.uuid4().hex
         self.who = f"{who + ' on ' if who else ''}{socket.gethostname()} (pid {os.getpid()})"
-        self.interval, self.grace = heartbeat_settings()
+        interval, self.grace = heartbeat_settings()
+        self.interval = max(1, interval)  # seconds between renewals (and between looks at another's claim)
 
     def take(self, wait: bool) -> dict[str, Any] | None:
         """``None`` once the end steps are ours; else their state: done, or run by another process that is alive.
