@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -83,3 +88,73 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
         yield f"sqlite:///{tmp_path}/study.db"
     else:
         yield from _pg_database()
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test session's own (``initdb`` in a temporary folder, a free port on
+    127.0.0.1, trust auth): outage tests stop and start this one, never the machine's server, whose
+    other clients must not be disconnected."""
+
+    def __init__(self, bindir: str) -> None:
+        self.bindir = bindir
+        self.dir = tempfile.mkdtemp(prefix="sweeper-pg-")
+        self.data = os.path.join(self.dir, "data")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.admin_url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+        if os.geteuid() == 0:  # initdb and postgres refuse to run as root: run them as the postgres user
+            shutil.chown(self.dir, "postgres")
+        self._run("initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+        self.start()
+
+    def _run(self, tool: str, *args: str, check: bool = True) -> int:
+        cmd = [os.path.join(self.bindir, tool), *args]
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        return subprocess.run(cmd, check=check, capture_output=True, timeout=120).returncode
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.dir} -h 127.0.0.1 -c fsync=off -c max_connections=200"
+        self._run("pg_ctl", "-D", self.data, "-o", opts, "-l", os.path.join(self.dir, "log"), "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def is_up(self) -> bool:
+        return self._run("pg_ctl", "-D", self.data, "status", check=False) == 0
+
+    def ensure_up(self) -> None:
+        if not self.is_up():
+            self.start()
+
+    def remove(self) -> None:
+        try:
+            if self.is_up():
+                self._run("pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _initdb_dir() -> str | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if found:
+        return os.path.dirname(found[-1])
+    on_path = shutil.which("initdb")
+    return os.path.dirname(on_path) if on_path else None
+
+
+@pytest.fixture(scope="session")
+def private_pg() -> Iterator[PrivatePostgres]:
+    """This session's own PostgreSQL server, for tests that stop it (see ``PrivatePostgres``)."""
+    bindir = _initdb_dir()
+    if bindir is None:
+        pytest.skip(
+            "no PostgreSQL initdb found (Debian: apt-get install postgresql): outage tests need a server "
+            "of their own to stop"
+        )
+    server = PrivatePostgres(bindir)
+    try:
+        yield server
+    finally:
+        server.remove()

@@ -13,7 +13,6 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-from sqlalchemy import exc as sa_exc
 
 from conftest import tiny_spec_dict
 from sweeper import api
@@ -101,38 +100,6 @@ def test_the_heartbeat_thread_recovers_a_dead_workers_trials_within_the_grace(st
             time.sleep(0.2)
     assert claims(alive) == (0, 0)
     assert time.monotonic() - began < 6  # grace 2 s + a beat interval or two, not a trial's length
-
-
-def _lose_first_ack(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
-    """Make the first call of an RDB method commit, then fail as a lost connection does."""
-    real = getattr(optuna.storages.RDBStorage, name)
-    calls: list[int] = []
-
-    def flaky(self: Any, *args: Any, **kwargs: Any) -> Any:
-        result = real(self, *args, **kwargs)
-        calls.append(1)
-        if len(calls) == 1:
-            raise sa_exc.OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
-        return result
-
-    monkeypatch.setattr(optuna.storages.RDBStorage, name, flaky)
-    return calls
-
-
-def test_a_create_whose_commit_landed_is_not_sent_twice(storage_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    study = optuna.create_study(storage=make_storage(storage_url))
-    calls = _lose_first_ack(monkeypatch, "_create_new_trial")
-    trial = study.ask()
-    assert len(calls) == 1  # the retry found the trial the lost commit made
-    assert [t.number for t in study.get_trials(deepcopy=False)] == [trial.number] == [0]
-
-
-def test_an_end_state_that_landed_is_not_written_again(storage_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    study = optuna.create_study(storage=make_storage(storage_url))
-    trial = study.ask()
-    _lose_first_ack(monkeypatch, "set_trial_state_values")
-    study.tell(trial, 0.5)  # no UpdateFinishedTrialError from the retry
-    assert study.get_trials(deepcopy=False)[0].state == TrialState.COMPLETE
 
 
 @pytest.mark.parametrize("workers", [2, 4])

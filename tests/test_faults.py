@@ -20,7 +20,7 @@ import pytest
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from conftest import PG_ADMIN, tiny_spec_dict
+from conftest import PrivatePostgres, tiny_spec_dict
 from sweeper import api
 from sweeper.launchers.local import start_workers, worker_env
 from sweeper.study.spec import parse_spec
@@ -42,21 +42,32 @@ def _fast_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def pg_db() -> Iterator[str]:
-    """A fresh PostgreSQL database whose admin connection survives a server restart (no pooling)."""
+def pg_db(private_pg: PrivatePostgres) -> Iterator[str]:
+    """A fresh database on the session's own PostgreSQL server (the one outage tests stop and start),
+    whose admin connection survives a server restart (no pooling)."""
     import sqlalchemy as sa
     from sqlalchemy.pool import NullPool
 
     name = f"sweeper_fault_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    private_pg.ensure_up()
+    admin = sa.create_engine(private_pg.admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as c:
         c.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+        yield private_pg.admin_url.rsplit("/", 1)[0] + f"/{name}"
     finally:
-        _pg_ensure_up()
+        private_pg.ensure_up()
         with admin.connect() as c:
             c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def pg_ctl(private_pg: PrivatePostgres) -> Iterator[Callable[[str], None]]:
+    """``pg_ctl("stop")`` / ``pg_ctl("start")`` on the session's own server; it is up again afterwards."""
+    try:
+        yield lambda action: private_pg.stop() if action == "stop" else private_pg.start()
+    finally:
+        private_pg.ensure_up()
 
 
 _storages: dict[str, optuna.storages.BaseStorage] = {}
@@ -173,26 +184,6 @@ def test_sigterm_stops_worker_cleanly_and_queues_its_trial(
     assert all(t.params == trials[t.system_attrs["failed_trial"]].params for t in done)
 
 
-def _pg_cluster() -> tuple[str, str]:
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    return version, "main"
-
-
-def _pg_ensure_up() -> None:
-    version, cluster = _pg_cluster()
-    status = subprocess.run(["pg_ctlcluster", version, cluster, "status"], capture_output=True)
-    if status.returncode != 0:
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "start"], timeout=60)
-
-
-needs_pg = pytest.mark.skipif(not os.path.isdir("/etc/postgresql"), reason="needs a local PostgreSQL cluster to stop")
-
-
-def _pg_ctl(action: str) -> None:
-    version, cluster = _pg_cluster()
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, action], check=True, timeout=120)
-
-
 def _sweeper(args: list[str], log: Path, **env: str) -> subprocess.Popen[bytes]:
     """``sweeper ARGS`` as a user runs it, its stdout and stderr (workers' too) in ``log``."""
     with open(log, "ab") as out:
@@ -209,10 +200,14 @@ def _finished(url: str) -> list[FrozenTrial]:
     return _study(url).get_trials(states=FINISHED)
 
 
-@needs_pg
 @pytest.mark.parametrize("outage_s", [1, 8], ids=["shorter-than-grace", "longer-than-grace"])
 def test_launch_with_two_workers_rides_out_a_database_outage(
-    pg_db: str, tracking_uri: str, tmp_path: Path, outage_s: float, monkeypatch: pytest.MonkeyPatch
+    pg_db: str,
+    pg_ctl: Callable[[str], None],
+    tracking_uri: str,
+    tmp_path: Path,
+    outage_s: float,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``sweeper launch --workers 2`` through a real PostgreSQL stop and start (heartbeat grace 3 s):
     exit 0, no traceback, the budget met, every finished trial in MLflow."""
@@ -226,13 +221,12 @@ def test_launch_with_two_workers_rides_out_a_database_outage(
     proc = _sweeper([*args, "--gpus", "none"], log)
     try:
         _wait_for("a trial mid-training", _mid_trial(pg_db), timeout=180)
-        _pg_ctl("stop")
+        pg_ctl("stop")
         time.sleep(outage_s)  # the outage itself: how long the database is away
-        _pg_ctl("start")
+        pg_ctl("start")
         assert proc.wait(timeout=300) == 0, log.read_text()
     finally:
         _stop(proc)
-        _pg_ensure_up()
     output = log.read_text()
     assert "Traceback" not in output, output
     trials = _study(pg_db).get_trials()
@@ -248,9 +242,8 @@ def test_launch_with_two_workers_rides_out_a_database_outage(
             assert status[t.number] == "FAILED"
 
 
-@needs_pg
 def test_worker_whose_trial_was_taken_during_an_outage_drops_it_and_goes_on(
-    pg_db: str, tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pg_db: str, pg_ctl: Callable[[str], None], tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The database is down for longer than the heartbeat grace; another worker fails the running trial
     as stale and queues it again. The worker that ran it drops it in one line and goes on.
@@ -267,9 +260,9 @@ def test_worker_whose_trial_was_taken_during_an_outage_drops_it_and_goes_on(
     proc = _worker("taken", log, pg_db, tracking_uri)
     try:
         victim = _wait_for("a trial mid-training", _mid_trial(pg_db), timeout=180)
-        _pg_ctl("stop")
+        pg_ctl("stop")
         proc.send_signal(signal.SIGSTOP)
-        _pg_ctl("start")
+        pg_ctl("start")
         # what another worker's stale check does (heartbeats on, 3 s grace): fail it, queue it again
         other = optuna.load_study(study_name="taken", storage=make_storage(pg_db, heartbeat_interval=1, grace_period=3))
 
@@ -285,7 +278,6 @@ def test_worker_whose_trial_was_taken_during_an_outage_drops_it_and_goes_on(
     finally:
         proc.send_signal(signal.SIGCONT)
         _stop(proc)
-        _pg_ensure_up()
     output = log.read_text()
     assert "Traceback" not in output and "Cannot tell" not in output, output
     assert f"trial {victim.number} taken over" in output, output
@@ -299,9 +291,8 @@ def test_worker_whose_trial_was_taken_during_an_outage_drops_it_and_goes_on(
     assert run.info.status == "FAILED" and "taken over" in run.data.tags["sweeper.end_reason"]
 
 
-@needs_pg
 def test_worker_and_launch_wait_for_a_database_that_is_not_up_yet(
-    pg_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pg_db: str, pg_ctl: Callable[[str], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker started before its database (Docker, Kubernetes) waits for it, saying so; so does the end
     of ``sweeper launch`` (``api.finish``), which once exited 2 after its workers had ridden out an outage."""
@@ -311,7 +302,7 @@ def test_worker_and_launch_wait_for_a_database_that_is_not_up_yet(
     api.create(parse_spec(tiny_spec_dict("early", trials=2)), storage=pg_db, tracking="")
     log = tmp_path / "worker.log"
     reports: list[Any] = []
-    _pg_ctl("stop")
+    pg_ctl("stop")
     proc = _worker("early", log, pg_db, "")
     try:
         finish = threading.Thread(
@@ -320,12 +311,11 @@ def test_worker_and_launch_wait_for_a_database_that_is_not_up_yet(
         finish.start()
         _wait_for("the worker saying what it waits for", lambda: "unreachable" in log.read_text(), timeout=180)
         assert proc.poll() is None and finish.is_alive()
-        _pg_ctl("start")
+        pg_ctl("start")
         assert proc.wait(timeout=240) == 0, log.read_text()
         finish.join(timeout=240)
     finally:
         _stop(proc)
-        _pg_ensure_up()
     output = log.read_text()
     assert "Traceback" not in output and "waiting up to 120 s" in output, output
     assert "127.0.0.1" in output and "ran 2 trial(s)" in output, output
@@ -333,9 +323,8 @@ def test_worker_and_launch_wait_for_a_database_that_is_not_up_yet(
     assert len(_finished(pg_db)) == 2
 
 
-@needs_pg
 def test_database_gone_for_longer_than_the_retry_window_is_one_message(
-    pg_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pg_db: str, pg_ctl: Callable[[str], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past ``SWEEPER_DB_RETRY_S`` a worker gives up, mid-trial or at its start: one message, exit 2,
     the URL's password masked (PostgreSQL here trusts local connections and ignores it)."""
@@ -350,14 +339,13 @@ def test_database_gone_for_longer_than_the_retry_window_is_one_message(
     proc = _worker("gone", log, secret, "")
     try:
         _wait_for("a trial mid-training", _mid_trial(pg_db), timeout=180)
-        _pg_ctl("stop")
+        pg_ctl("stop")
         assert proc.wait(timeout=120) == 2, log.read_text()
         start = time.monotonic()
         result = CliRunner().invoke(main, ["worker", "gone", "--storage", secret])
         assert time.monotonic() - start >= 2.5  # it waited before giving up
     finally:
         _stop(proc)
-        _pg_ensure_up()
     output = log.read_text()
     assert "Traceback" not in output and "has been unreachable for more than 3 s" in output, output
     assert result.exit_code == 2 and "cannot open the study database" in result.output, result.output
@@ -365,8 +353,7 @@ def test_database_gone_for_longer_than_the_retry_window_is_one_message(
     assert "s3cret" not in output + result.output and "postgres:***@" in output + result.output
 
 
-@needs_pg
-def test_every_storage_call_of_a_trial_waits_out_a_database_outage(pg_db: str) -> None:
+def test_every_storage_call_of_a_trial_waits_out_a_database_outage(pg_db: str, pg_ctl: Callable[[str], None]) -> None:
     """Each call a worker makes (ask, suggest, report, tell, best trial) hits a stopped server and waits.
 
     Optuna's cached storage calls private backend methods (``_create_new_trial``, ``_set_trial_param``,
@@ -374,8 +361,6 @@ def test_every_storage_call_of_a_trial_waits_out_a_database_outage(pg_db: str) -
     """
     import threading
 
-    version, cluster = _pg_cluster()
-    ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster]
     study = optuna.create_study(storage=make_storage(pg_db), study_name="outage", direction="maximize")
     trial: list[optuna.Trial] = []
     calls: dict[str, Callable[[], Any]] = {
@@ -386,17 +371,14 @@ def test_every_storage_call_of_a_trial_waits_out_a_database_outage(pg_db: str) -
         "tell": lambda: study.tell(trial[0], 0.7),
         "best_trial": lambda: study.best_trial,
     }
-    try:
-        for what, call in calls.items():
-            subprocess.run([*ctl, "stop"], check=True, timeout=60)
-            restart = threading.Timer(1.5, lambda: subprocess.run([*ctl, "start"], check=True, timeout=60))
-            restart.start()
-            start = time.monotonic()
-            call()  # raises if the outage is not ridden out
-            restart.join()
-            assert time.monotonic() - start >= 1.0, f"{what} did not meet the outage"
-    finally:
-        _pg_ensure_up()
+    for what, call in calls.items():
+        pg_ctl("stop")
+        restart = threading.Timer(1.5, lambda: pg_ctl("start"))
+        restart.start()
+        start = time.monotonic()
+        call()  # raises if the outage is not ridden out
+        restart.join()
+        assert time.monotonic() - start >= 1.0, f"{what} did not meet the outage"
     assert study.best_trial.value == 0.7 and study.best_trial.params["dropout.hidden_1"] >= 0.2
 
 

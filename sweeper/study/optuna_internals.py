@@ -2,19 +2,20 @@
 ``optuna.storages._...`` in sweeper goes through a named function here, so an Optuna release that
 moves one of them touches this file alone, and a reader sees exactly what sweeper relies on.
 
-Checked against Optuna 5.0.
+Checked against Optuna 5.1.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial
+from sqlalchemy.orm import Session
 
 #: private methods that Optuna's ``_CachedStorage`` calls on its RDB backend (ask, suggest, best trial,
 #: stale-trial check): they need the same outage handling as the public ones (``sweeper.study.retry``)
@@ -101,21 +102,48 @@ def running_without_heartbeat(study: optuna.Study) -> list[int]:
         return [int(r[0]) for r in conn.execute(query)]
 
 
-def trial_with_system_attr(rdb: RDBStorage, study_id: int, key: str, value: Any) -> int | None:
-    """The id of the study's trial carrying system attribute ``key = value`` (an idempotency token), if any."""
-    from optuna.storages._rdb import models
-    from sqlalchemy import select
-
-    query = (
-        select(models.TrialSystemAttributeModel.trial_id)
-        .join(models.TrialModel, models.TrialModel.trial_id == models.TrialSystemAttributeModel.trial_id)
-        .where(models.TrialModel.study_id == study_id)
-        .where(models.TrialSystemAttributeModel.key == key)
-        .where(models.TrialSystemAttributeModel.value_json == json.dumps(value))
-    )
+@contextmanager
+def one_transaction(rdb: RDBStorage) -> Iterator[Session]:
+    """A session whose transaction is committed once, when the block ends. Optuna's own storage methods
+    called in the block (by this thread) run inside it: their commits are not sent, their rollback ends
+    it. So an Optuna write and sweeper's record of it land together or not at all."""
     with rdb.engine.connect() as conn:
-        row = conn.execute(query).first()
-    return int(row[0]) if row else None
+        transaction = conn.begin()
+        # "rollback_only": the session's commit() leaves the connection's transaction to us
+        session = Session(bind=conn, join_transaction_mode="rollback_only")
+        rdb.scoped_session.registry.set(session)  # what Optuna's methods take as their session
+        try:
+            yield session
+            session.flush()
+            if transaction.is_active:  # not when Optuna rolled it back (and said so in its result)
+                transaction.commit()
+        finally:
+            rdb.scoped_session.remove()  # the connection's close rolls back whatever was not committed
+
+
+def lock_study(session: Session, study_id: int) -> None:
+    """Lock the study's row until the transaction ends, as Optuna does to number a new trial (KeyError: no study)."""
+    from optuna.storages._rdb import models
+
+    models.StudyModel.find_or_raise_by_id(study_id, session, for_update=True)
+
+
+def lock_trial(session: Session, trial_id: int) -> None:
+    """Lock the trial's row until the transaction ends, as Optuna does to change its state (KeyError: no trial)."""
+    from optuna.storages._rdb import models
+
+    models.TrialModel.find_or_raise_by_id(trial_id, session, for_update=True)
+
+
+def add_trial(session: Session, rdb: RDBStorage, study_id: int, template: FrozenTrial | None) -> int:
+    """Optuna's new trial (from ``template``, if any) in ``session``, the study's row locked; its id.
+
+    Optuna's ``_create_new_trial`` would commit it in a loop of its own that sends the insert again when a
+    commit fails, even one that landed: this is its body, one try, committed by the caller."""
+    lock_study(session, study_id)
+    trial = rdb._get_prepared_new_trial(study_id, template, session)
+    session.flush()
+    return int(trial.trial_id)
 
 
 def rdb_method(name: str) -> Callable[..., Any]:

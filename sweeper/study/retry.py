@@ -3,7 +3,8 @@
 A PostgreSQL restart (or failover) closes every connection. ``pool_pre_ping`` replaces dead pooled
 connections, but while the server is down or still starting a call fails with ``OperationalError``;
 here it waits and tries again instead of crashing the worker, for up to ``SWEEPER_DB_RETRY_S``
-seconds. Anything else (a constraint, bad data, a wrong password) is raised at once. The retried
+seconds. Which errors are worth waiting for depends on the database (``sweeper.study.db_errors``): a
+permanent one (no such table, a read-only file, a permission) is one message at once. The retried
 calls are Optuna's own storage methods, unchanged; opening the storage is retried the same way
 (``make_storage(wait=True)``), so a worker started before its database waits for it.
 """
@@ -15,29 +16,24 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any, TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import exc as sa_exc
 
 from sweeper.errors import StudyError
-from sweeper.study.optuna_internals import CACHED_BACKEND_CALLS, rdb_method, trial_with_system_attr
+from sweeper.study.db_errors import first_line, is_permanent, is_transient, permanent
+from sweeper.study.exactly_once import create_table, once
+from sweeper.study.optuna_internals import CACHED_BACKEND_CALLS, add_trial, lock_study, lock_trial, rdb_method
 from sweeper.study.urls import mask_url
 
 log = logging.getLogger("sweeper.retry")
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
-#: system attribute of a trial created by a worker: a retried create finds the trial its lost commit made
-CREATE_TOKEN = "sweeper:create_token"
 #: how long a worker keeps retrying before it gives up (seconds); ``SWEEPER_DB_RETRY_S`` overrides
 DEFAULT_PATIENCE = 120.0
-# the server answered and said no: waiting will not change that
-_REFUSED = ("does not exist", "authentication failed", "no password supplied", "no pg_hba.conf entry")
 
 
 class DatabaseUnreachable(StudyError):
@@ -46,29 +42,6 @@ class DatabaseUnreachable(StudyError):
 
 def patience() -> float:
     return float(os.environ.get("SWEEPER_DB_RETRY_S", DEFAULT_PATIENCE))
-
-
-def is_transient(e: BaseException) -> bool:
-    """A lost or refused connection (worth retrying), as opposed to a real error."""
-    for err in (e, e.__cause__):
-        if isinstance(err, sa_exc.DBAPIError) and any(s in str(err.orig) for s in _REFUSED):
-            return False
-        if isinstance(err, sa_exc.OperationalError | sa_exc.InterfaceError):
-            return True
-        # a session whose connection died mid-transaction: Optuna rolls it back, the next try runs afresh
-        if isinstance(err, sa_exc.PendingRollbackError):
-            return True
-        if isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated:
-            return True
-    return False
-
-
-def _first_line(e: BaseException) -> str:
-    """The driver's own words (Optuna wraps a failed commit in a message about invalid data)."""
-    err = next((x for x in (e, e.__cause__) if isinstance(x, sa_exc.DBAPIError)), e)
-    err = getattr(err, "orig", None) or err
-    lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else type(err).__name__
 
 
 _depth = threading.local()
@@ -99,7 +72,7 @@ def with_retry(call: Callable[[], T], where: str, limit: float | None = None) ->
                 log.warning(
                     "study database %s unreachable (%s); waiting up to %.0f s for it (SWEEPER_DB_RETRY_S)",
                     where,
-                    _first_line(e),
+                    first_line(e),
                     limit,
                 )
         else:
@@ -143,11 +116,13 @@ def _call_with_retry(storage: optuna.storages.RDBStorage, fn: Callable[[], T]) -
     try:
         return with_retry(call, where)
     except Exception as e:
+        if is_permanent(e):
+            raise permanent(e, where) from e
         if not is_transient(e):
             raise
         raise DatabaseUnreachable(
             f"the study database {where} has been unreachable for more than {patience():.0f} s "
-            f"({_first_line(e)}); giving up (SWEEPER_DB_RETRY_S sets how long to wait)"
+            f"({first_line(e)}); giving up (SWEEPER_DB_RETRY_S sets how long to wait)"
         ) from e
 
 
@@ -167,60 +142,32 @@ def _heartbeat(fn: F) -> F:
 
 
 class RetryingRDBStorage(optuna.storages.RDBStorage):
-    """Optuna's RDBStorage whose public methods retry while the database is briefly unreachable.
+    """Optuna's RDBStorage whose public methods retry while the database is briefly unreachable, and whose
+    writes that cannot be sent twice (creating a trial, popping a WAITING one, ending one) land exactly
+    once although the answer to their commit may be lost (``sweeper.study.exactly_once``)."""
 
-    Two writes are not safe to send twice, and a lost connection can hide whether the first one was
-    committed: creating a trial and ending one. Before sending either again, the database is asked:
-    a trial is created with an idempotency token (a system attribute) and a retry returns the trial
-    that token already made; an end state that already landed is not written again (Optuna would
-    raise ``UpdateFinishedTrialError`` for it).
-    """
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        create_table(self.engine)
 
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
-        if template_trial is not None:  # a retry or an enqueued trial: made in one go by Optuna
-            return _create_new_trial(self, study_id, template_trial)
-        token = uuid.uuid4().hex
-        template = FrozenTrial(
-            number=-1,
-            state=TrialState.RUNNING,
-            value=None,
-            datetime_start=datetime.now(),
-            datetime_complete=None,
-            params={},
-            distributions={},
-            user_attrs={},
-            system_attrs={CREATE_TOKEN: token},
-            intermediate_values={},
-            trial_id=-1,
-        )
-        tries = 0
-
-        def create() -> FrozenTrial:
-            nonlocal tries
-            tries += 1
-            if tries > 1:  # the last try may have been committed before its connection was lost
-                made = trial_with_system_attr(self, study_id, CREATE_TOKEN, token)
-                if made is not None:
-                    return self.get_trial(made)
-            return optuna.storages.RDBStorage._create_new_trial(self, study_id, template)
-
-        return _call_with_retry(self, create)
+        attempt = once(self, lambda s: lock_study(s, study_id), lambda s: add_trial(s, self, study_id, template_trial))
+        return _call_with_retry(self, lambda: optuna.storages.RDBStorage.get_trial(self, _made(attempt())))
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
-        tries = 0
+        def write(session: Any) -> int | None:  # Optuna's own update, in the transaction ``once`` holds
+            done = optuna.storages.RDBStorage.set_trial_state_values(self, trial_id, state, values)
+            return trial_id if done else None
 
-        def write() -> bool:
-            nonlocal tries
-            tries += 1
-            if tries > 1 and state.is_finished():  # landed before the connection was lost?
-                if optuna.storages.RDBStorage.get_trial(self, trial_id).state == state:
-                    return True
-            return optuna.storages.RDBStorage.set_trial_state_values(self, trial_id, state, values)
-
-        return _call_with_retry(self, write)
+        attempt = once(self, lambda s: lock_trial(s, trial_id), write)
+        return _call_with_retry(self, attempt) is not None
 
 
-_create_new_trial = retrying(optuna.storages.RDBStorage._create_new_trial)
+def _made(trial_id: int | None) -> int:
+    assert trial_id is not None, "a new trial always has an id"
+    return trial_id
+
+
 _SPECIAL = ("create_new_trial", "_create_new_trial", "set_trial_state_values")  # create_new_trial calls ours
 for _name in dir(optuna.storages.BaseStorage):
     if _name.startswith("_") or _name in _SPECIAL or not callable(getattr(optuna.storages.RDBStorage, _name, None)):

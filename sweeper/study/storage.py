@@ -29,6 +29,7 @@ def make_storage(
     """
     from sweeper.study.retry import RetryingRDBStorage, with_retry
 
+    _check_heartbeat(heartbeat_interval, grace_period)
     url = normalize_url(url)
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
@@ -41,7 +42,7 @@ def make_storage(
     kwargs: dict[str, Any] = {}
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.x; we rely on them on purpose
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if heartbeat_interval:
+        if heartbeat_interval is not None:
             kwargs = dict(
                 heartbeat_interval=heartbeat_interval,
                 grace_period=grace_period or heartbeat_interval * 3,
@@ -51,7 +52,7 @@ def make_storage(
         def open_storage() -> optuna.storages.RDBStorage:
             return RetryingRDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
 
-        try:
+        try:  # the other arguments are checked: a ValueError from here on is about the URL
             # a file does not come up later: only a database server is waited for
             return with_retry(open_storage, mask_url(url)) if wait and not url.startswith("sqlite") else open_storage()
         except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ValueError) as e:
@@ -70,6 +71,21 @@ def make_storage(
                 f"cannot open the study database {mask_url(url)}: {_reason(e, url)}; "
                 f"check --storage / SWEEPER_STORAGE and that {where}"
             ) from None
+
+
+def _check_heartbeat(interval: int | None, grace: int | None) -> None:
+    """Heartbeat settings Optuna would reject (or, for a grace without an interval, silently drop)."""
+    for name, value in (("heartbeat_interval", interval), ("grace_period", grace)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise StudyError(
+                f"the {name} must be a positive whole number of seconds, but got {value!r} "
+                "(SWEEPER_HEARTBEAT / SWEEPER_HEARTBEAT_GRACE set them for workers)"
+            )
+    if grace is not None and interval is None:
+        raise StudyError(
+            f"a heartbeat grace_period ({grace!r} s) needs a heartbeat_interval: give both, or neither to "
+            "run without heartbeats"
+        )
 
 
 def _reason(e: BaseException, url: str) -> str:
