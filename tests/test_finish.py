@@ -114,14 +114,19 @@ def test_finish_before_the_budget_is_met_says_what_to_do(tmp_path: Any) -> None:
     assert "0 of its 3 trials finished" in result.output and "sweeper worker early-end" in result.output
 
 
+def _trials_run_end_steps_left(name: str, tmp_path: Any, tracking_uri: str) -> tuple[str, CliRunner]:
+    """A study on SQLite whose budget one `sweeper worker --no-end-steps` met."""
+    url, runner = f"sqlite:///{tmp_path}/s.db", CliRunner()
+    _create(name, url, tracking_uri)
+    ran = runner.invoke(main, ["worker", name, "--storage", url, "--tracking-uri", tracking_uri, "--no-progress",
+                               "--no-end-steps"])  # fmt: skip
+    assert ran.exit_code == 0, ran.output
+    return url, runner
+
+
 def test_finish_runs_end_steps_a_worker_left(tmp_path: Any, tracking_uri: str) -> None:
     """`sweeper worker --no-end-steps` leaves them (status says so); `sweeper finish` runs them."""
-    url = f"sqlite:///{tmp_path}/s.db"
-    _create("left-end", url, tracking_uri)
-    runner = CliRunner()
-    ran = runner.invoke(main, ["worker", "left-end", "--storage", url, "--tracking-uri", tracking_uri,
-                               "--no-progress", "--no-end-steps"])  # fmt: skip
-    assert ran.exit_code == 0, ran.output
+    url, runner = _trials_run_end_steps_left("left-end", tmp_path, tracking_uri)
     status = runner.invoke(main, ["status", "left-end", "--storage", url])
     assert "end steps (test score, best model, refit) not run yet: run 'sweeper finish left-end'" in status.output
     done = runner.invoke(main, ["finish", "left-end", "--storage", url, "--tracking-uri", tracking_uri])
@@ -133,12 +138,7 @@ def test_finish_runs_end_steps_a_worker_left(tmp_path: Any, tracking_uri: str) -
 def test_end_steps_while_mlflow_is_down_fail_and_finish_completes_them_later(tmp_path: Any, tracking_uri: str) -> None:
     import socket
 
-    url = f"sqlite:///{tmp_path}/s.db"
-    _create("down-end", url, tracking_uri)
-    runner = CliRunner()
-    ran = runner.invoke(main, ["worker", "down-end", "--storage", url, "--tracking-uri", tracking_uri,
-                               "--no-progress", "--no-end-steps"])  # fmt: skip
-    assert ran.exit_code == 0, ran.output
+    url, runner = _trials_run_end_steps_left("down-end", tmp_path, tracking_uri)
     with socket.socket() as s:  # a port nothing listens on: the tracking server is down
         s.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{s.getsockname()[1]}"
