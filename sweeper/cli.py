@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import tempfile
-from typing import Any
 
 import click
 
@@ -20,6 +19,7 @@ from sweeper.cli_options import (
     threads_opt,
     tracking_opt,
 )
+from sweeper.cli_report import best_json, print_best, print_report
 
 
 @click.group()
@@ -94,7 +94,7 @@ def launch(
         cpus_per_worker=cpus_per_worker,
         gpus_per_worker=gpus_per_worker,
     )
-    _print_report(rep)
+    print_report(rep)
 
 
 @main.command()
@@ -178,7 +178,7 @@ def finish(study_name: str, storage: str | None, tracking_uri: str | None, threa
     from sweeper import api
 
     rep = api.finish(study_name, storage=storage, tracking=tracking_uri, threads=threads, require_done=True)
-    _print_report(rep)
+    print_report(rep)
     if (rep.end or {}).get("state") == "failed":  # the reason is printed above, with how to carry on
         raise SystemExit(1)
 
@@ -195,7 +195,7 @@ def status(study_name: str | None, storage: str | None) -> None:
     if not reps:
         click.echo("no studies yet: start one with 'sweeper launch studies/mnist1d_mlp.yaml'")
     for rep in reps:
-        _print_report(rep)
+        print_report(rep)
 
 
 @main.command()
@@ -210,29 +210,10 @@ def best(study_name: str, storage: str | None, as_json: bool) -> None:
     rep = api.report(study_name, storage=storage)
     if rep.best_trial is None:
         raise UserError(f"study {study_name!r} has no completed trial yet")
-    out = {
-        "study": rep.name,
-        "trial": rep.best_trial,
-        "value": rep.best_value,
-        "params": rep.best_params,
-        "test": rep.test,
-        "refit": rep.refit,
-        "end": rep.end,
-    }
     if as_json:
-        click.echo(json.dumps(out, indent=2))
+        click.echo(json.dumps(best_json(rep), indent=2))
         return
-    click.echo(f"best trial #{rep.best_trial} of {rep.name}: {rep.best_value:.4f}")
-    for k, v in rep.best_params.items():
-        click.echo(f"  {k:<20} {v}")
-    if rep.test:
-        how = "the selected network" if rep.test.get("model") == "selected" else "its retrain"
-        click.echo(f"  test accuracy        {rep.test['test_accuracy']:.4f}  ({how}; once, not used for selection)")
-    if rep.refit:
-        click.echo(f"  refit test accuracy  {rep.refit['test_accuracy']:.4f}  (its settings trained on train + val)")
-    end = _end_line(rep)
-    if end:
-        click.echo(f"  {end}")
+    print_best(rep)
 
 
 @main.command()
@@ -301,34 +282,6 @@ def ui(study_name: str | None, tracking_uri: str | None, host: str, port: int, a
         f"Ctrl-C to stop. {link_hint(url)}" + (f" Server log: {log_file} (-v shows it here)" if log_file else "")
     )
     serve_forever(proc)
-
-
-def _print_report(rep: Any) -> None:
-    counts = ", ".join(f"{v} {k}" for k, v in rep.counts.items() if v)
-    click.echo(f"{rep.name}: {counts or 'no trials'} (budget {rep.budget})")
-    if rep.best_trial is not None:
-        click.echo(f"  best value {rep.best_value:.4f} (trial #{rep.best_trial})")
-    if rep.test:
-        click.echo(f"  best trial's test accuracy {rep.test['test_accuracy']:.4f}")
-    if rep.refit:
-        click.echo(f"  refit on train + validation: test accuracy {rep.refit['test_accuracy']:.4f} (sweeper refit)")
-    end = _end_line(rep)
-    if end:
-        click.echo(f"  {end}")
-
-
-def _end_line(rep: Any) -> str | None:
-    """What a finished study's end steps are waiting for, if anything (``sweeper.finish``)."""
-    end = rep.end or {}
-    fix = f"run 'sweeper finish {rep.name}'"
-    if end.get("state") == "pending":
-        return f"end steps (test score, best model, refit) not run yet: {fix}"
-    if end.get("state") == "failed":
-        return f"end steps failed: {end.get('error')}; {fix}"
-    if end.get("state") == "running":
-        age = float(end.get("age", 0.0))
-        return f"end steps running on {end.get('by')} (last sign {age:.0f} s ago; if it died, {fix})"
-    return None
 
 
 if __name__ == "__main__":  # the launcher starts workers as ``python -m sweeper.cli worker``
