@@ -185,3 +185,32 @@ def test_an_out_of_memory_trial_lets_go_of_its_tensors_before_memory_is_freed(
     with Shutdown() as stop:
         worker.TrialLoop(study, objective, budget=1, where={}).run(stop)
     assert alive_at_free and not any(alive_at_free), alive_at_free
+
+
+def test_a_trial_taken_over_between_its_last_report_and_its_end_is_dropped_not_a_crash(tmp_path: Any) -> None:
+    """Another worker fails a trial as stale (its worker was cut off from the database longer than the grace)
+    after the trial's last report: this worker's end-of-trial writes are refused; it says so and goes on."""
+    from optuna.storages import RDBStorage
+
+    from sweeper.study.optuna_internals import trial_id
+    from sweeper.workers import worker
+    from sweeper.workers.shutdown import Shutdown
+
+    url = f"sqlite:///{tmp_path}/taken.db"
+    study = optuna.create_study(storage=url, study_name="taken")
+    other = RDBStorage(url)  # the worker that reaped it
+
+    class Objective:
+        lr: float | None = None
+
+        def __call__(self, trial: optuna.Trial) -> float:
+            trial.report(0.5, 0)
+            self.lr = 0.1  # what the worker records with the trial's end
+            if trial.number == 0:
+                other.set_trial_state_values(trial_id(trial), TrialState.FAIL)
+            return 0.5
+
+    with Shutdown() as stop:
+        ran = worker.TrialLoop(study, Objective(), budget=1, where={}).run(stop)
+    states = [t.state for t in study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE] and ran == 1, states

@@ -145,12 +145,11 @@ class TrialLoop:
     def _train(self, trial: optuna.Trial) -> FrozenTrial | None:
         """Train one trial and record how it ended; None if it was taken over (it is not ours to tell)."""
         tag_trial(trial, self.where)
-        value, state, error = None, TrialState.COMPLETE, None
+        value, state, error, reason = None, TrialState.COMPLETE, None, None
         try:
             value = self.objective(trial)
         except Diverged as e:
-            set_end_reason(trial, str(e))
-            state = TrialState.PRUNED
+            state, reason = TrialState.PRUNED, str(e)
         except optuna.TrialPruned:
             state = TrialState.PRUNED
         except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another worker meanwhile
@@ -161,16 +160,17 @@ class TrialLoop:
             self.study.tell(trial, state=TrialState.FAIL)
             raise
         except RuntimeError as e:  # a trial's own failure (out of memory, a bad shape): the next may do better
-            set_end_reason(trial, f"{type(e).__name__}: {e}")
-            state, error = TrialState.FAIL, e
+            state, error, reason = TrialState.FAIL, e, f"{type(e).__name__}: {e}"
         except Exception as e:  # a bug or broken data: every trial would fail, so the worker stops here
             set_end_reason(trial, f"{type(e).__name__}: {e}")
             self.study.tell(trial, state=TrialState.FAIL)
             raise
         lr = getattr(self.objective, "lr", None)
-        if lr is not None:
-            set_lr(trial, lr)
-        try:
+        try:  # another worker may have failed it as stale since its last report: then every write here refuses
+            if reason is not None:
+                set_end_reason(trial, reason)
+            if lr is not None:
+                set_lr(trial, lr)
             frozen = self.study.tell(trial, value, state=state if value is None else None)
         except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # "Cannot tell a FAIL trial"
             if internals.frozen(self.study, internals.trial_id(trial)).state != TrialState.FAIL:
