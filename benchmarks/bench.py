@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sweeper.study.space import Hparams
+from sweeper.study.hparams import Hparams
 from sweeper.study.spec import NetworkSpec, TrainSpec
 from sweeper.training.data import Dataset, Split
 from sweeper.training.models import MLP

@@ -31,9 +31,10 @@ from sweeper import api
 from sweeper.study.spec import load_spec
 from sweeper.training import objective as sweeper_objective
 from sweeper.training.data import load_raw_splits
+from sweeper.training.loss import evaluate
 from sweeper.training.models import MLP
-from sweeper.training.train import evaluate
 from sweeper.workers.population import PopulationRunner
+from sweeper.workers.protocol import TrialProtocol
 
 Record = dict[str, Any]
 
@@ -66,55 +67,63 @@ def _higher_better(direction: str, value: float | None) -> float | None:
 
 @contextlib.contextmanager
 def _record_sweeper_trials(trials: list[Record], clock: Callable[[], float]) -> Iterator[dict[str, Any]]:
-    """Wrap sweeper's objective to log each trial's end time and, when complete, its test accuracy.
+    """Wrap sweeper's trial protocol to log each trial's end time and, when complete, its test accuracy (its
+    trained network, or a population member's, taken at the trial's end).
 
     Yields ``{"excluded": CPU s of those test evaluations (not in the budget), "standardized": bool}``.
     """
-    original = sweeper_objective.Objective.__call__
-    seen: dict[str, Any] = {"excluded": 0.0, "standardized": None}
+    seen: dict[str, Any] = {"excluded": 0.0, "standardized": None, "data": None}
+    nets: dict[int, Any] = {}  # trial number -> its trained network (one trial) or its weights (a member)
+    call, init = sweeper_objective.Objective.__call__, PopulationRunner.__init__
+    trained, trained_weights, finish = TrialProtocol.trained, TrialProtocol.trained_weights, TrialProtocol.finish
 
-    def call(self: Any, trial: optuna.Trial) -> float:
-        seen["standardized"] = self.data.mean is not None
-        try:
-            value = original(self, trial)
-        except optuna.TrialPruned:
-            trials.append({"t": clock() - seen["excluded"], "val": None, "test": None, "state": "pruned"})
-            raise
-        start = time.process_time()
-        test = evaluate(self.model, self.data.test)[1]
-        seen["excluded"] += time.process_time() - start
-        val = _higher_better(self.spec.direction, value)
-        trials.append({"t": clock() - seen["excluded"], "val": val, "test": test, "state": "complete"})
-        return value
+    def objective_call(self: Any, trial: optuna.Trial) -> float:
+        seen["data"] = self.data
+        return call(self, trial)
 
-    def finish(self: Any, trial: optuna.Trial, state: Any, value: float | None = None, reason: str = "") -> None:
-        """A population member's end (``train.population``): its last-epoch weights scored on test."""
-        data = self.trainer.data
+    def runner_init(self: Any, study: Any, data: Any, *args: Any, **kw: Any) -> None:
+        seen["data"] = data
+        init(self, study, data, *args, **kw)
+        self.protocol.keep = self.protocol.keep or (lambda frozen, weights: None)  # so members' weights are taken
+
+    def on_trained(self: Any, trial: optuna.Trial, model: Any) -> None:
+        nets[trial.number] = model
+        trained(self, trial, model)
+
+    def on_weights(self: Any, number: int, weights: Any) -> None:
+        nets.setdefault(number, weights)
+        trained_weights(self, number, weights)
+
+    def on_finish(self: Any, trial: optuna.Trial, state: Any, value: float | None = None, reason: Any = None) -> Any:
+        data = seen["data"]
         seen["standardized"] = data.mean is not None
-        weights = self.finals.get(trial.number)
-        test = None
-        if weights is not None and state == optuna.trial.TrialState.COMPLETE:
-            start = time.process_time()
-            test = evaluate(_member_network(self.spec, data, weights), data.test)[1]
-            seen["excluded"] += time.process_time() - start
+        net = nets.pop(trial.number, None)
         complete = state == optuna.trial.TrialState.COMPLETE
-        val = _higher_better(self.spec.direction, value)
-        trials.append({"t": clock() - seen["excluded"], "val": val, "test": test,
-                       "state": "complete" if complete else "pruned"})  # fmt: skip
-        original_finish(self, trial, state, value, reason)
+        test = None
+        if net is not None and complete:
+            start = time.process_time()
+            model = net if isinstance(net, nn.Module) else _member_network(self.spec, data, net)
+            test = evaluate(model, data.test)[1]
+            seen["excluded"] += time.process_time() - start
+        if complete or state == optuna.trial.TrialState.PRUNED:
+            val = _higher_better(self.spec.direction, value) if complete else None
+            trials.append({"t": clock() - seen["excluded"], "val": val, "test": test,
+                           "state": "complete" if complete else "pruned"})  # fmt: skip
+        return finish(self, trial, state, value, reason)
 
-    def init(self: Any, *args: Any, **kw: Any) -> None:
-        original_init(self, *args, **kw)
-        self.keep = self.keep or (lambda frozen, weights: None)  # so the runner keeps each member's final weights
-
-    original_finish, original_init = PopulationRunner._finish, PopulationRunner.__init__
-    sweeper_objective.Objective.__call__ = call  # type: ignore[method-assign]
-    PopulationRunner._finish, PopulationRunner.__init__ = finish, init  # type: ignore[method-assign]
+    patches = [
+        (sweeper_objective.Objective, "__call__", objective_call), (PopulationRunner, "__init__", runner_init),
+        (TrialProtocol, "trained", on_trained), (TrialProtocol, "trained_weights", on_weights),
+        (TrialProtocol, "finish", on_finish),
+    ]  # fmt: skip
+    originals = [(cls, name, getattr(cls, name)) for cls, name, _ in patches]
+    for cls, name, fn in patches:
+        setattr(cls, name, fn)
     try:
         yield seen
     finally:
-        sweeper_objective.Objective.__call__ = original  # type: ignore[method-assign]
-        PopulationRunner._finish, PopulationRunner.__init__ = original_finish, original_init  # type: ignore
+        for cls, name, fn in originals:
+            setattr(cls, name, fn)
 
 
 def _member_network(spec: Any, data: Any, weights: dict[str, Any]) -> Any:

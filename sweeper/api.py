@@ -169,8 +169,10 @@ def _preflight(spec: StudySpec) -> None:
         "validating the study file of %s: loading the %s data and building the network", spec.name, spec.data.dataset
     )
     data = load_dataset(spec.data, spec.seed, spec.base_dir)
-    rates = (0.0,) * spec.network.n_dropout
-    build_network(spec.network, data.in_features, data.num_classes, rates, False, spec.base_dir)
+    from sweeper.study.hparams import Hparams
+
+    hp = Hparams(dropout=(0.0,) * spec.network.n_dropout)
+    build_network(spec.network, data.in_features, data.num_classes, hp, spec.base_dir)
 
 
 def refit(

@@ -11,7 +11,7 @@ import optuna
 
 from sweeper.errors import DivergedError, TrackingError
 from sweeper.study.record import StudyRecord
-from sweeper.study.space import Hparams
+from sweeper.study.hparams import Hparams
 from sweeper.study.spec import StudySpec
 from sweeper.study.urls import mask_url, storage_url, tracking_uri
 
@@ -34,7 +34,7 @@ def score_best_on_test(
     name (in ``storage``); ``data``: the study's prepared data, when the caller has it already.
     """
     from sweeper.training.objective import prepare_data
-    from sweeper.training.train import evaluate
+    from sweeper.training.loss import evaluate
 
     record = _open(record, storage)
     best = record.best_trial()
@@ -70,7 +70,8 @@ def refit_best(
 
     from sweeper.training.data import Split
     from sweeper.training.objective import fit, prepare_data
-    from sweeper.training.train import evaluate, trial_seed
+    from sweeper.training.loss import evaluate
+    from sweeper.training.train import trial_seed
 
     record = _open(record, storage)
     best = record.best_trial()
@@ -155,9 +156,7 @@ def _open(record: StudyRecord | str, storage: str | None) -> StudyRecord:
 
 
 def _hparams(spec: StudySpec, trial: optuna.trial.FrozenTrial) -> Hparams:
-    return spec.space.suggest(
-        optuna.trial.FixedTrial(trial.params, trial.number), spec.network.n_hidden, spec.network.n_conv
-    )
+    return spec.hparams(optuna.trial.FixedTrial(trial.params, trial.number))
 
 
 def _epochs_trained(spec: StudySpec, trial: optuna.trial.FrozenTrial) -> int:
@@ -182,9 +181,7 @@ def _best_network(record: StudyRecord, best: optuna.trial.FrozenTrial, data: Any
 
         weights = load_selected_weights(uri, record.parent_run_id, best.number)
         if weights is not None:
-            model = build_network(
-                spec.network, data.in_features, data.num_classes, hp.dropout, hp.batch_norm, spec.base_dir
-            )
+            model = build_network(spec.network, data.in_features, data.num_classes, hp, spec.base_dir)
             model.load_state_dict(weights)
             return model.to(data.train.x.device), "selected"
     log.info("retraining the best trial #%d (same seed) to score it once on the test split", best.number)

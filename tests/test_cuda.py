@@ -63,14 +63,22 @@ def _population(
 
 
 def test_one_trial_trains_on_cuda_and_reports_each_epoch(spec3: StudySpec, data: Dataset) -> None:
+    from sweeper.workers.protocol import TrialProtocol
+
+    class Protocol(TrialProtocol):  # the worker's trial protocol (it reports each epoch), keeping the network
+        model: torch.nn.Module | None = None
+
+        def trained(self, trial: optuna.Trial, model: torch.nn.Module) -> None:
+            self.model = model
+
     assert data.train.x.device.type == "cuda"
-    objective = Objective(spec3, data)
     study = optuna.create_study(direction="maximize")
-    study.optimize(objective, n_trials=1)
+    protocol = Protocol(study, spec3, where={})
+    study.optimize(Objective(spec3, data, protocol), n_trials=1)
     trial = study.trials[0]
     assert trial.state == TrialState.COMPLETE
     assert list(trial.intermediate_values) == [0, 1, 2]
-    assert objective.model is not None and next(objective.model.parameters()).device.type == "cuda"
+    assert protocol.model is not None and next(protocol.model.parameters()).device.type == "cuda"
     assert trial.value is not None and trial.value > 0.5  # 10 classes: it learned
 
 

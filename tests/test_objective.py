@@ -1,6 +1,7 @@
 """The objective with optuna.trial.FixedTrial and tiny seeded data."""
 
 import math
+from typing import Any
 
 import optuna
 import pytest
@@ -11,7 +12,7 @@ from conftest import tiny_spec_dict
 from sweeper.study.space import Hparams
 from sweeper.study.spec import parse_spec
 from sweeper.training.layers import BatchNorm, weight_matrices
-from sweeper.training.objective import Diverged, Objective, fit, prepare_data
+from sweeper.training.objective import Diverged, Objective, TrialHooks, fit, prepare_data
 
 PARAMS = {
     "dropout.input": 0.1,
@@ -26,10 +27,20 @@ PARAMS = {
 }
 
 
+class Epochs(TrialHooks):
+    """Hooks that keep what each epoch showed."""
+
+    def __init__(self, keep: Any) -> None:
+        self.keep = keep
+
+    def epoch(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
+        self.keep(epoch, metrics)
+
+
 def test_objective_trains_and_returns_validation_accuracy(tiny_spec) -> None:
     data = prepare_data(tiny_spec)
     seen: list[tuple[int, dict]] = []
-    value = Objective(tiny_spec, data, hooks=[lambda t, e, m: seen.append((e, m))])(optuna.trial.FixedTrial(PARAMS))
+    value = Objective(tiny_spec, data, Epochs(lambda e, m: seen.append((e, m))))(optuna.trial.FixedTrial(PARAMS))
     assert 0.5 < value <= 1.0  # digits is easy: far above the 10% of chance after 2 epochs
     assert [e for e, _ in seen] == [0, 1]
     assert set(seen[-1][1]) == {"train_loss", "val_loss", "val_accuracy", "lr"}
@@ -50,7 +61,7 @@ def test_same_trial_number_reproduces_numbers(tiny_spec) -> None:
 def test_metric_epochs_returns_the_mean_of_the_last_epochs() -> None:
     spec = parse_spec(tiny_spec_dict(metric_epochs=3, train={"epochs": 5}))
     seen: list[float] = []
-    value = Objective(spec, prepare_data(spec), hooks=[lambda t, e, m: seen.append(m["val_accuracy"])])(
+    value = Objective(spec, prepare_data(spec), Epochs(lambda e, m: seen.append(m["val_accuracy"])))(
         optuna.trial.FixedTrial(PARAMS)
     )
     assert len(seen) == 5 and len(set(seen[-3:])) > 1  # the last three epochs differ, so the mean is not one of them

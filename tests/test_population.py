@@ -304,6 +304,7 @@ def test_two_population_workers_share_the_budget_exactly(pg_url: str) -> None:
 def test_a_crash_fails_the_running_members_and_leaves_none_running(tmp_path: Path) -> None:
     from sweeper.study.record import StudyRecord
     from sweeper.workers.population import PopulationRunner
+    from sweeper.workers.protocol import TrialProtocol
 
     url = f"sqlite:///{tmp_path}/crash.db"
     spec = parse_spec(tiny_spec_dict("crash", trials=4))
@@ -315,7 +316,8 @@ def test_a_crash_fails_the_running_members_and_leaves_none_running(tmp_path: Pat
         raise RuntimeError("tracking bug")
 
     with pytest.raises(RuntimeError, match="tracking bug"):
-        PopulationRunner(study, spec, prepare_data(spec, "cpu"), 2, 4, hooks=[broken_hook]).run()
+        protocol = TrialProtocol(study, spec, where={}, hooks=[broken_hook])
+        PopulationRunner(study, prepare_data(spec, "cpu"), 2, 4, protocol).run()
     trials = study.get_trials()
     assert trials and all(t.state == TrialState.FAIL for t in trials)
     assert all("tracking bug" in t.user_attrs["end_reason"] for t in trials)

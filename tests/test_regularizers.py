@@ -3,6 +3,7 @@ the 1-D CNN. Each option through a FixedTrial on tiny seeded data; each test fai
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import mlflow
@@ -19,9 +20,10 @@ from sweeper.study.recipes import literature_points
 from sweeper.study.space import Hparams
 from sweeper.study.spec import StudySpec, parse_spec
 from sweeper.training.data import load_raw_splits
-from sweeper.training.objective import Objective, fit, prepare_data
+from sweeper.training.loss import evaluate
+from sweeper.training.objective import Objective, TrialHooks, fit, prepare_data
 from sweeper.training.population.trainer import unstackable
-from sweeper.training.train import Criterion, evaluate, optimizer
+from sweeper.training.train import Criterion, optimizer
 
 BASE = {"dropout.input": 0.1, "dropout.hidden_1": 0.3, "weight_decay": 1e-4, "momentum": 0.9, "lr_scale": 5.0,
         "max_norm.enabled": False, "batch_norm": False, "lr_decay": 1.0}  # fmt: skip
@@ -40,11 +42,18 @@ def _spec(space: dict[str, Any] | None = None, **train: Any) -> StudySpec:
     return parse_spec(tiny_spec_dict(space=space or {}, train={"epochs": 2, **train}))
 
 
+class _Kept(TrialHooks):
+    model: torch.nn.Module | None = None
+
+    def trained(self, trial: optuna.Trial, model: torch.nn.Module) -> None:
+        self.model = model
+
+
 def _run(spec: StudySpec, params: dict[str, Any]) -> tuple[float, torch.nn.Module]:
-    objective = Objective(spec, prepare_data(spec))
-    value = objective(optuna.trial.FixedTrial({**BASE, **params}))
-    assert objective.model is not None
-    return value, objective.model
+    kept = _Kept()
+    value = Objective(spec, prepare_data(spec), kept)(optuna.trial.FixedTrial({**BASE, **params}))
+    assert kept.model is not None
+    return value, kept.model
 
 
 def _flat(model: torch.nn.Module) -> torch.Tensor:
@@ -74,7 +83,7 @@ def test_adamw_decays_decoupled_and_sgd_decays_in_the_gradient() -> None:
     """AdamW: w <- w - lr * wd * w, whatever the gradient; SGD: wd * w is added to the gradient (L2)."""
     lin = torch.nn.Linear(4, 3)
     w0 = lin.weight.detach().clone()
-    hp = Hparams(dropout=(0.0,), optimizer="adamw", weight_decay=0.5)
+    hp = Hparams(dropout=(0.0,), optimizer="adamw", adamw_weight_decay=0.5)
     opt = optimizer(lin, hp, lr=0.1)
     assert isinstance(opt, torch.optim.AdamW)
     lin.weight.grad, lin.bias.grad = torch.zeros_like(lin.weight), torch.zeros_like(lin.bias)
@@ -107,7 +116,7 @@ def test_gradient_clipping_bounds_every_step() -> None:
     hp = Hparams(dropout=(0.0, 0.0), momentum=0.0, lr_scale=10.0)  # lr 0.1, no momentum: a step is lr * grad
     init, _ = fit(spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": 0 + 1})}), data,
                   Hparams(dropout=(0.0, 0.0), momentum=0.0, lr_scale=1e-12), seed=0)  # fmt: skip
-    clipped, _ = fit(spec, data, Hparams(**{**hp.as_dict(), "grad_clip": 1e-3}), seed=0)
+    clipped, _ = fit(spec, data, dataclasses.replace(hp, grad_clip=1e-3), seed=0)
     free, _ = fit(spec, data, hp, seed=0)
     steps = spec.train.epochs * -(-len(data.train.x) // spec.train.batch_size)
     moved = (_flat(clipped) - _flat(init)).norm().item()
@@ -120,8 +129,8 @@ def test_weight_average_is_what_is_evaluated_and_kept() -> None:
     data = prepare_data(spec)
     hp = Hparams(dropout=(0.1, 0.3), momentum=0.9, lr_scale=5.0, batch_norm=True)
     plain, m_plain = fit(spec, data, hp, seed=0)
-    same, m_same = fit(spec, data, Hparams(**{**hp.as_dict(), "ema_decay": 0.0}), seed=0)  # average of one
-    avg, m_avg = fit(spec, data, Hparams(**{**hp.as_dict(), "ema_decay": 0.95}), seed=0)
+    same, m_same = fit(spec, data, dataclasses.replace(hp, ema_decay=0.0), seed=0)  # average of one
+    avg, m_avg = fit(spec, data, dataclasses.replace(hp, ema_decay=0.95), seed=0)
     assert torch.equal(_flat(plain), _flat(same)) and m_plain == m_same
     assert not torch.allclose(_flat(plain), _flat(avg))
     _, acc = evaluate(avg, data.val)

@@ -183,7 +183,7 @@ def test_an_out_of_memory_trial_lets_go_of_its_tensors_before_memory_is_freed(
     monkeypatch.setattr(worker, "_free_memory", lambda: alive_at_free.append(any(r() is not None for r in refs)))
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/oom.db")
     with Shutdown() as stop:
-        worker.TrialLoop(study, objective, budget=1, where={}).run(stop)
+        worker.TrialLoop(study, objective, 1, _protocol(study)).run(stop)
     assert alive_at_free and not any(alive_at_free), alive_at_free
 
 
@@ -201,16 +201,22 @@ def test_a_trial_taken_over_between_its_last_report_and_its_end_is_dropped_not_a
     other = RDBStorage(url)  # the worker that reaped it
 
     class Objective:
-        lr: float | None = None
-
         def __call__(self, trial: optuna.Trial) -> float:
             trial.report(0.5, 0)
-            self.lr = 0.1  # what the worker records with the trial's end
             if trial.number == 0:
                 other.set_trial_state_values(trial_id(trial), TrialState.FAIL)
             return 0.5
 
     with Shutdown() as stop:
-        ran = worker.TrialLoop(study, Objective(), budget=1, where={}).run(stop)
+        ran = worker.TrialLoop(study, Objective(), 1, _protocol(study)).run(stop)
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.FAIL, TrialState.COMPLETE] and ran == 1, states
+
+
+def _protocol(study: optuna.Study) -> Any:
+    """The trial protocol of a worker with no tracking, for a test's own objective."""
+    from conftest import tiny_spec_dict
+    from sweeper.study.spec import parse_spec
+    from sweeper.workers.protocol import TrialProtocol
+
+    return TrialProtocol(study, parse_spec(tiny_spec_dict()), where={})

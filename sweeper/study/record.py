@@ -267,6 +267,13 @@ def end_reason(trial: FrozenTrial) -> str | None:
     return str(reason) if reason else None
 
 
+def with_end_reason(trial: FrozenTrial, reason: str) -> FrozenTrial:
+    """A copy of an ended trial that says why it ended, where its stored attributes do not (it was taken over)."""
+    said = copy.copy(trial)
+    said.user_attrs = {**trial.user_attrs, _END_REASON: reason[:2000]}
+    return said
+
+
 def retry_copy(trial: FrozenTrial) -> FrozenTrial:
     """A copy of a stopped trial to queue again: same parameters and attributes, but no end reason."""
     retry = copy.copy(trial)

@@ -10,13 +10,18 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from sweeper.errors import SpecError
 from sweeper.study.space import Space
+
+if TYPE_CHECKING:
+    import optuna
+
+    from sweeper.study.hparams import Hparams
 
 
 class _Section(BaseModel):
@@ -207,15 +212,8 @@ class StudySpec(_Section):
         return self
 
     @model_validator(mode="after")
-    def _layers(self) -> StudySpec:
-        # a list of per-layer ranges must have one range per layer of the network
-        for field, n in (("dropout_hidden", self.network.n_hidden), ("dropout_conv", self.network.n_conv)):
-            ranges = getattr(self.space, field)
-            if isinstance(ranges, tuple) and len(ranges) != n and not (field == "dropout_conv" and n == 0):
-                raise ValueError(
-                    f"space.{field} needs one range per layer ({n} in this network), but got {len(ranges)} "
-                    f"ranges; give one per layer, or a single range [low, high] for all"
-                )
+    def _space_fits_network(self) -> StudySpec:
+        self.space.check_network(self.network)
         return self
 
     @model_validator(mode="after")
@@ -229,6 +227,10 @@ class StudySpec(_Section):
                 f"remove 'direction' or set it to {natural!r}"
             )
         return self
+
+    def hparams(self, trial: optuna.Trial) -> Hparams:
+        """Draw a trial's hyperparameters from the space, for this study's network."""
+        return self.space.suggest(trial, self.network.n_hidden, self.network.n_conv)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -127,17 +127,14 @@ class MlflowTracker(Outbox):
         if old:
             shutil.rmtree(old, ignore_errors=True)
 
-    def __call__(self, study: optuna.Study, trial: FrozenTrial, reason: str | None = None) -> None:
-        """Optuna callback at trial end: state, reason, duration, and the study's best so far.
-
-        ``reason``: why the trial ended, when its stored end reason does not say (it was taken over).
-        """
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """Optuna callback at trial end: state, reason, duration, and the study's best so far."""
         if self.off:
             return
         from mlflow.entities import Metric, RunTag
 
         tags = {"sweeper.state": trial.state.name}
-        reason = reason or end_reason(trial)
+        reason = end_reason(trial)
         if reason:
             tags["sweeper.end_reason"] = str(reason)[:5000]
         ts = int(time.time() * 1000)

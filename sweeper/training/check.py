@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sweeper.study.space import Hparams
+from sweeper.study.hparams import Hparams
 from sweeper.study.spec import StudySpec
 from sweeper.training.objective import fit, prepare_data
 

@@ -4,7 +4,7 @@ One trial's network is K = 1 (``models.MLP`` on a ``[B, in]`` batch); the popula
 (``models.MLP.stack``) and trains them with one batched matmul. The same layers, the same formulas, either way:
 
 - ``Linear``: ``h @ W + b`` with ``W`` ``[K, in, out]``, initialized as ``nn.Linear`` is;
-- ``Dropout``: inverted dropout, one rate per member, the identity in eval mode;
+- ``Dropout``: inverted dropout, Bernoulli or Gaussian, one rate per member, the identity in eval mode;
 - ``BatchNorm``: ``nn.BatchNorm1d``'s arithmetic per member, switched on or off per member;
 - ``max_norm_``: each unit's incoming weight vector to L2 norm <= c (Srivastava et al. 2014, sec. 5.1);
 - ``weight_matrices``: what L2, L1 and max-norm act on (never biases, never normalization parameters).
@@ -27,36 +27,58 @@ def per_member(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.view(-1, *([1] * (like.dim() - 1)))
 
 
-def dropout(h: torch.Tensor, p: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+def dropout(
+    h: torch.Tensor, p: torch.Tensor, gen: torch.Generator | None = None, gaussian: torch.Tensor | bool = False
+) -> torch.Tensor:
     """Inverted dropout with one rate per member (``p`` is ``[K]``, ``h`` has the member axis first).
 
-    Kept units are scaled by 1/(1-p); a member with p=0 keeps every unit unscaled (``rand < 1`` always holds),
-    bit for bit. ``gen``: the masks' generator (None: torch's default one).
+    Bernoulli (the default): kept units are scaled by 1/(1-p); a member with p=0 keeps every unit unscaled
+    (``rand < 1`` always holds), bit for bit. Gaussian, for the members ``gaussian`` (``[K]`` bool) marks
+    (Srivastava et al. 2014, sec. 10; ``True``: every member): each unit times noise drawn from N(1, p/(1-p)), the
+    same mean and variance as Bernoulli's inverted mask; p=0 is the identity. Both kinds come from one uniform
+    draw per unit (the normal noise by its inverse CDF), so a member's noise never depends on its neighbours'
+    kinds. ``gen``: the draws' generator (None: torch's default one).
     """
     keep = per_member(1.0 - p, h)
-    mask = torch.rand(h.shape, generator=gen, device=h.device) < keep
-    return h * (mask.to(h.dtype) / keep)
+    u = torch.rand(h.shape, generator=gen, device=h.device)
+    if gaussian is False:
+        return h * ((u < keep).to(h.dtype) / keep)
+    sigma = per_member((p / (1.0 - p)).sqrt(), h)
+    noisy = h * (1.0 + sigma * torch.special.ndtri(u.clamp(_U_MIN, 1.0 - _U_MIN))).to(h.dtype)
+    if gaussian is True:
+        return noisy
+    return torch.where(per_member(gaussian, h), noisy, h * ((u < keep).to(h.dtype) / keep))
+
+
+_U_MIN = 2.0**-24  # torch.rand's resolution: 0 would be an infinite normal quantile
 
 
 class Dropout(nn.Module):
-    """Inverted dropout with a rate per member (``rate`` ``[K]``); the identity in eval mode."""
+    """Inverted dropout with a rate per member (``rate`` ``[K]``), Bernoulli or Gaussian per member (``gaussian``
+    ``[K]`` bool); the identity in eval mode."""
 
-    def __init__(self, rate: Sequence[float] | torch.Tensor) -> None:
+    def __init__(self, rate: Sequence[float] | torch.Tensor, gaussian: Sequence[bool] | torch.Tensor = ()) -> None:
         super().__init__()
         self.register_buffer("rate", torch.as_tensor(rate, dtype=torch.float32).reshape(-1).clone())
+        kinds = torch.as_tensor(gaussian, dtype=torch.bool).reshape(-1)
+        self.register_buffer("gaussian", kinds.clone() if len(kinds) else torch.zeros_like(self.rate, dtype=torch.bool))
         self.refresh()
 
     def refresh(self) -> None:
         """Host-side facts, read when the rates change, never per step: a layer nobody drops draws no masks."""
         self.active = bool((self.rate > 0).any())
+        self.all_gaussian, self.any_gaussian = bool(self.gaussian.all()), bool(self.gaussian.any())
 
     def forward(self, h: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
         if not (self.training and self.active):
             return h
-        return dropout(h, self.rate, gen)
+        if not self.any_gaussian:
+            return dropout(h, self.rate, gen)
+        return dropout(h, self.rate, gen, True if self.all_gaussian else self.gaussian)
 
     def extra_repr(self) -> str:
-        return f"rate={[round(p, 4) for p in self.rate.tolist()]}"
+        kinds = f", gaussian={self.gaussian.tolist()}" if self.any_gaussian else ""
+        return f"rate={[round(p, 4) for p in self.rate.tolist()]}{kinds}"
 
 
 class Linear(nn.Module):

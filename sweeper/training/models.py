@@ -15,6 +15,7 @@ from sweeper.training.layers import BatchNorm, Dropout, Linear, weight_matrices
 from sweeper.training.loader import load_callable
 
 if TYPE_CHECKING:
+    from sweeper.study.hparams import Hparams
     from sweeper.study.spec import NetworkSpec
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -24,7 +25,7 @@ class MLP(nn.Module):
     """Input dropout, then per hidden layer: Linear -> [BatchNorm] -> activation -> Dropout; K members side by side.
 
     Built, it is one network (K = 1): ``dropout[0]`` is the input layer's rate, ``dropout[i]`` the i-th hidden
-    layer's, and a ``[B, in]`` batch gives ``[B, classes]`` logits. ``MLP.stack`` puts K such networks (each with its
+    layer's (Gaussian dropout with ``gaussian``), and a ``[B, in]`` batch gives ``[B, classes]`` logits. ``MLP.stack`` puts K such networks (each with its
     own rates, batch norm on or off) side by side for the population trainer: a ``[K, B, in]`` batch (each member's
     own) gives ``[K, B, classes]``. The layers are ``training.layers``'s: dropout is inverted (kept units scaled by
     1/(1-p) in training, the identity in ``eval()``), so no rescaling is needed at test time.
@@ -38,6 +39,7 @@ class MLP(nn.Module):
         dropout: tuple[float, ...],
         batch_norm: bool = False,
         activation: str = "relu",
+        gaussian: bool = False,
     ) -> None:
         super().__init__()
         if len(dropout) != len(hidden) + 1:
@@ -45,7 +47,7 @@ class MLP(nn.Module):
         self.hidden, self.activation = tuple(hidden), activation
         self.act = _ACTIVATIONS[activation]()
         self.linears = nn.ModuleList(Linear(a, b) for a, b in pairwise((in_features, *hidden, num_classes)))
-        self.drops = nn.ModuleList(Dropout([p]) for p in dropout)
+        self.drops = nn.ModuleList(Dropout([p], [gaussian]) for p in dropout)
         self.norms: nn.ModuleList | None = nn.ModuleList(BatchNorm(h) for h in hidden) if batch_norm else None
 
     @property
@@ -128,7 +130,8 @@ class CNN1d(nn.Module):
 
     Each block is Conv1d (same padding) -> [BatchNorm1d] -> activation -> Dropout1d -> MaxPool1d(2): dropout
     per block drops whole channels (neighbouring positions of one feature map are correlated, so dropping single
-    values would barely regularize; Tompson et al. 2015). Inputs are rows of ``in_features`` values, one channel.
+    values would barely regularize; Tompson et al. 2015); ``gaussian`` makes the input's and the head's dropout
+    Gaussian, the blocks' channel dropout stays Bernoulli. Inputs are rows of ``in_features`` values, one channel.
     ``dropout`` is the input's rate, then one per conv block, then one per hidden layer of the head.
     """
 
@@ -142,13 +145,14 @@ class CNN1d(nn.Module):
         dropout: tuple[float, ...],
         batch_norm: bool = False,
         activation: str = "relu",
+        gaussian: bool = False,
     ) -> None:
         super().__init__()
         if len(dropout) != 1 + len(channels) + len(hidden):
             raise ValueError(
                 f"need {1 + len(channels) + len(hidden)} dropout rates (input + conv + hidden), got {len(dropout)}"
             )
-        blocks: list[nn.Module] = [Dropout([dropout[0]])]
+        blocks: list[nn.Module] = [Dropout([dropout[0]], [gaussian])]
         width, length = 1, in_features
         for c, p in zip(channels, dropout[1 : 1 + len(channels)], strict=True):
             blocks.append(nn.Conv1d(width, c, kernel_size, padding=kernel_size // 2))
@@ -161,7 +165,7 @@ class CNN1d(nn.Module):
             width = c
         self.features = nn.Sequential(*blocks)
         head_rates = (0.0, *dropout[1 + len(channels) :])  # the head's input is the last block's (already dropped)
-        self.head = MLP(width * length, num_classes, hidden, head_rates, batch_norm, activation)
+        self.head = MLP(width * length, num_classes, hidden, head_rates, batch_norm, activation, gaussian)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x.unsqueeze(1))  # [B, L] -> [B, 1, L] (one member of the input dropout: [1, 1, 1] rates)
@@ -193,19 +197,19 @@ def for_raw_inputs(net: nn.Module, mean: torch.Tensor | None, std: torch.Tensor 
     return Standardized(mean, std, net)
 
 
-def build_network(
-    spec: NetworkSpec, in_features: int, num_classes: int, dropout: tuple[float, ...], batch_norm: bool, base_dir: str
-) -> nn.Module:
-    """The study's network for one trial's dropout rates."""
+def build_network(spec: NetworkSpec, in_features: int, num_classes: int, hp: Hparams, base_dir: str) -> nn.Module:
+    """The study's network for one trial's dropout rates, dropout kind and batch norm."""
+    gaussian = hp.dropout_kind == "gaussian"
     if spec.type == "mlp":
-        return MLP(in_features, num_classes, spec.hidden, dropout, batch_norm, spec.activation)
+        return MLP(in_features, num_classes, spec.hidden, hp.dropout, hp.batch_norm, spec.activation, gaussian)
     if spec.type == "cnn1d":
         return CNN1d(
-            in_features, num_classes, spec.channels, spec.kernel_size, spec.hidden, dropout, batch_norm, spec.activation
-        )
+            in_features, num_classes, spec.channels, spec.kernel_size, spec.hidden, hp.dropout, hp.batch_norm,
+            spec.activation, gaussian,
+        )  # fmt: skip
     assert spec.factory is not None
     fn = load_callable(spec.factory, base_dir, "network.factory")
-    model = fn(in_features=in_features, num_classes=num_classes, dropout=list(dropout), batch_norm=batch_norm)
+    model = fn(in_features=in_features, num_classes=num_classes, dropout=list(hp.dropout), batch_norm=hp.batch_norm)
     if not isinstance(model, nn.Module):
         raise SpecError(
             f"network.factory {spec.factory!r} must return a torch.nn.Module, but got {type(model).__name__}"

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import optuna
 import torch
 from torch import nn
 
 from sweeper.errors import DivergedError
-from sweeper.study.space import Hparams
+from sweeper.study.hparams import Hparams
 from sweeper.study.spec import StudySpec
 from sweeper.training.data import Dataset, load_dataset
 from sweeper.training.models import build_network
 from sweeper.training.train import EpochHook, StepHook, resolve_device, seed_everything, train, trial_seed
-
-TrialHook = Callable[[optuna.Trial, int, dict[str, float]], None]
 
 
 def fit(
@@ -28,7 +26,7 @@ def fit(
 ) -> tuple[nn.Module, dict[str, float]]:
     """Build the study's network for ``hp`` and train it; the same seed gives the same network."""
     seed_everything(seed)
-    model = build_network(spec.network, data.in_features, data.num_classes, hp.dropout, hp.batch_norm, spec.base_dir)
+    model = build_network(spec.network, data.in_features, data.num_classes, hp, spec.base_dir)
     model.to(data.train.x.device)
     return model, train(model, data, hp, spec.train, seed, on_epoch, on_step, spec.metric)
 
@@ -48,44 +46,50 @@ class Diverged(optuna.TrialPruned):
     """A trial whose loss stopped being finite: pruned (its region of the space says something), with why."""
 
 
+class TrialHooks:
+    """What a trial's training tells the world around it: its hyperparameters once drawn, each epoch's metrics
+    (a hook may raise ``optuna.TrialPruned`` to stop it there) and its trained network. These do nothing; a
+    worker's trial protocol (``sweeper.workers.protocol``) reports, prunes, tracks and keeps the network."""
+
+    def started(self, trial: optuna.Trial, hp: Hparams) -> None:
+        pass
+
+    def epoch(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def trained(self, trial: optuna.Trial, model: nn.Module) -> None:
+        pass
+
+
 class Objective:
     """``objective(trial) -> float``: trains one network and returns ``spec.metric`` on validation.
 
-    It only computes: what a trial records (its learning rate, why it ended) is written by the worker.
-
-    ``hooks`` see every epoch's metrics (tracking lives there, at the edge); pruning is decided
-    by the study's pruner from what is reported here. ``on_step`` runs after every training step
-    (the worker's stop check).
+    It only computes: ``hooks`` (a ``TrialHooks``) are where the trial is reported, pruned, tracked and its
+    network kept. ``on_step`` runs after every training step (the worker's stop check).
     """
 
     def __init__(
-        self, spec: StudySpec, data: Dataset, hooks: Sequence[TrialHook] = (), on_step: StepHook | None = None
+        self, spec: StudySpec, data: Dataset, hooks: TrialHooks | None = None, on_step: StepHook | None = None
     ) -> None:
-        self.spec, self.data, self.hooks, self.on_step = spec, data, list(hooks), on_step
-        self.model: nn.Module | None = None  # the last trial's trained network (the worker may keep it)
-        self.lr: float | None = None  # the last trial's learning rate (the worker records it)
+        self.spec, self.data, self.hooks, self.on_step = spec, data, hooks or TrialHooks(), on_step
 
     def __call__(self, trial: optuna.Trial) -> float:
-        hp = self.spec.space.suggest(trial, self.spec.network.n_hidden, self.spec.network.n_conv)
-        self.lr = self.spec.train.base_lr * hp.lr_scale
+        hp = self.spec.hparams(trial)
+        self.hooks.started(trial, hp)
         history: list[float] = []
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             history.append(metrics[self.spec.metric])
-            trial.report(history[-1], epoch)
-            for hook in self.hooks:
-                hook(trial, epoch, metrics)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+            self.hooks.epoch(trial, epoch, metrics)
 
-        self.model = None
         try:
-            self.model, metrics = fit(
+            model, metrics = fit(
                 self.spec, self.data, hp, trial_seed(self.spec.seed, trial.number), on_epoch, self.on_step
             )
         except DivergedError as e:
             # a diverged trial says something about its region of the space: keep it as pruned, with why
             raise Diverged(str(e)) from None
+        self.hooks.trained(trial, model)
         if self.spec.train.early_stopping_patience is not None:
             return metrics[self.spec.metric]  # its best epoch's
         return trial_value(history, self.spec.metric_epochs)

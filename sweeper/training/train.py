@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sweeper.errors import DivergedError
-from sweeper.study.space import Hparams
+from sweeper.study.hparams import Hparams
 from sweeper.study.spec import TrainSpec
-from sweeper.training.data import Dataset, Split
+from sweeper.training.data import Dataset
 from sweeper.training.layers import BatchNorm, max_norm_, weight_matrices
+from sweeper.training.loss import cross_entropy, divergence, evaluate, l1_penalty, r_drop
 from sweeper.training.models import decay_groups
 
 EpochHook = Callable[[int, dict[str, float]], None]
@@ -40,15 +39,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def symmetric_kl(logits1: torch.Tensor, logits2: torch.Tensor) -> torch.Tensor:
-    """R-Drop's consistency term (Liang et al. 2021): the mean of KL(p1 || p2) and KL(p2 || p1), per sample."""
-    lp1, lp2 = F.log_softmax(logits1, -1), F.log_softmax(logits2, -1)
-    return 0.5 * (
-        F.kl_div(lp1, lp2, log_target=True, reduction="batchmean")
-        + F.kl_div(lp2, lp1, log_target=True, reduction="batchmean")
-    )
-
-
 class Criterion:
     """The training loss of one batch: cross-entropy with label smoothing, mixup and R-Drop as ``hp`` sets them.
 
@@ -61,7 +51,7 @@ class Criterion:
         self.rng = np.random.default_rng(seed)  # mixup's lam: its own stream, never the data order's
 
     def __call__(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        hp, smooth = self.hp, self.hp.label_smoothing or 0.0
+        hp = self.hp
         lam, y2 = 1.0, yb
         if hp.mixup_alpha:
             lam = float(self.rng.beta(hp.mixup_alpha, hp.mixup_alpha))
@@ -69,24 +59,24 @@ class Criterion:
             xb, y2 = lam * xb + (1.0 - lam) * xb[perm], yb[perm]
 
         def ce(logits: torch.Tensor) -> torch.Tensor:
-            loss = F.cross_entropy(logits, yb, label_smoothing=smooth)
+            loss = cross_entropy(logits, yb, hp.label_smoothing)
             if hp.mixup_alpha:
-                loss = lam * loss + (1.0 - lam) * F.cross_entropy(logits, y2, label_smoothing=smooth)
+                loss = lam * loss + (1.0 - lam) * cross_entropy(logits, y2, hp.label_smoothing)
             return loss
 
         logits = model(xb)
         if not hp.r_drop_alpha:
             return ce(logits)
         logits2 = model(xb)
-        return 0.5 * (ce(logits) + ce(logits2)) + hp.r_drop_alpha * symmetric_kl(logits, logits2)
+        return 0.5 * (ce(logits) + ce(logits2)) + hp.r_drop_alpha * r_drop(logits, logits2)
 
 
 def optimizer(model: nn.Module, hp: Hparams, lr: float) -> torch.optim.Optimizer:
     """SGD with momentum and L2 in the gradient, or AdamW with decoupled decay; weight matrices only decay."""
-    groups = decay_groups(model, hp.weight_decay)
     if hp.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=hp.betas)
-    return torch.optim.SGD(groups, lr=lr, momentum=hp.momentum)
+        groups = decay_groups(model, hp.adamw_weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, betas=(hp.adamw_beta1, hp.adamw_beta2))
+    return torch.optim.SGD(decay_groups(model, hp.weight_decay), lr=lr, momentum=hp.momentum)
 
 
 class BestEpoch:
@@ -106,23 +96,6 @@ class BestEpoch:
         else:
             self.since += 1
         return self.patience is not None and self.since >= self.patience
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 4096) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy, in eval mode (dropout off)."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), device=split.x.device)
-    correct = torch.zeros((), device=split.x.device)
-    for i in range(0, len(split.x), batch_size):
-        logits = model(split.x[i : i + batch_size])
-        y = split.y[i : i + batch_size]
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(-1) == y).sum()
-    model.train(was_training)
-    n = len(split.x)
-    return (loss_sum / n).item(), (correct / n).item()
 
 
 def train(
@@ -146,7 +119,7 @@ def train(
     """
     x, y = data.train.x, data.train.y
     device = x.device
-    opt = optimizer(model, hp, settings.base_lr * hp.lr_scale)
+    opt = optimizer(model, hp, hp.lr(settings.base_lr))
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=hp.lr_decay)
     criterion = Criterion(hp, seed)
     ema = None
@@ -171,7 +144,7 @@ def train(
             loss = criterion(model, x[idx], y[idx], gen)
             loss_sum += loss.detach()
             if hp.l1:
-                loss = loss + hp.l1 * sum(w.abs().sum() for w in weights)
+                loss = loss + hp.l1 * l1_penalty(weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if hp.grad_clip:
@@ -185,8 +158,6 @@ def train(
             if on_step is not None:
                 on_step()
         train_loss = (loss_sum / max(steps, 1)).item()
-        if not math.isfinite(train_loss):
-            raise DivergedError(f"training loss became {train_loss} in epoch {epoch}")
         val_loss, val_acc = evaluate(evaluated, data.val, settings.eval_batch_size)
         metrics = {
             "train_loss": train_loss,
@@ -195,8 +166,8 @@ def train(
             "lr": opt.param_groups[0]["lr"],
         }
         sched.step()
-        if not math.isfinite(val_loss):
-            raise DivergedError(f"validation loss became {val_loss} in epoch {epoch}")
+        if why := divergence(train_loss, val_loss, epoch):
+            raise DivergedError(why)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         if settings.early_stopping_patience and best.update(evaluated.module if ema else model, metrics):

@@ -1,7 +1,7 @@
 """A worker's loop for population training: ask up to K trials, train them stacked, report each one.
 
-Each member reports to its own Optuna trial every epoch and is pruned by the study's pruner
-(or when it diverges, with the reason in ``end_reason`` as in ``objective.Objective``). A member
+Each member is a trial of the trial protocol (``sweeper.workers.protocol``), as a trial trained alone is: it
+reports every epoch and is pruned by the study's pruner (or when it diverges, with the reason). A member
 that leaves frees its slot and the slot is refilled with a new trial from ``study.ask``, until the
 study's running plus finished trials reach the budget (claimed from the budget as ``sweeper.workers.budget`` does).
 MLflow hooks, Optuna reports, pruning decisions and trial-end callbacks run on one background
@@ -13,57 +13,35 @@ every running member ends as FAIL and is queued again, as a single trial is.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from sweeper.errors import SpecError
 from sweeper.study import optuna_internals as internals
-from sweeper.study.record import is_best_so_far, set_end_reason, set_lr, tag_trial
-from sweeper.study.space import Hparams
-from sweeper.study.spec import StudySpec
+from sweeper.study.hparams import Hparams
 from sweeper.training.data import Dataset
-from sweeper.training.objective import trial_value
+from sweeper.training.objective import Diverged
 from sweeper.training.population.trainer import EpochResult, PopulationTrainer
 from sweeper.training.train import trial_seed
 from sweeper.workers.budget import claim, try_claim
 from sweeper.workers.heartbeat import Heartbeat
-from sweeper.workers.shutdown import Shutdown, WorkerStopped, requeue
-
-log = logging.getLogger("sweeper")
-TrialHook = Callable[[optuna.Trial, int, dict[str, float]], None]
-StudyCallback = Callable[[optuna.Study, FrozenTrial], None]
+from sweeper.workers.protocol import TrialProtocol
+from sweeper.workers.shutdown import Shutdown, WorkerStopped
 
 
 class PopulationRunner:
-    """``PopulationRunner(study, spec, data, K, budget, ...).run()`` trains until ``budget`` trials finished."""
+    """``PopulationRunner(study, data, K, budget, protocol).run()`` trains until ``budget`` trials finished."""
 
     def __init__(
-        self,
-        study: optuna.Study,
-        spec: StudySpec,
-        data: Dataset,
-        size: int,
-        budget: int,
-        where: dict[str, str] | None = None,
-        hooks: Sequence[TrialHook] = (),
-        callbacks: Sequence[StudyCallback] = (),
-        keep: Callable[[FrozenTrial, dict[str, Any]], None] | None = None,
-        poll: float = 2.0,
+        self, study: optuna.Study, data: Dataset, size: int, budget: int, protocol: TrialProtocol, poll: float = 2.0
     ) -> None:
-        if size < 1:
-            raise ValueError(f"population size must be >= 1, got {size}")
-        self.study, self.spec, self.size, self.budget = study, spec, size, budget
-        self.where, self.hooks, self.callbacks = where or {}, list(hooks), list(callbacks)
-        self.poll, self.keep = poll, keep
-        self.finals: dict[Hashable, dict[str, Any]] = {}  # a member's trained weights, from its last epoch to its end
-        self.trainer = PopulationTrainer(data, spec.train, spec.network, mask_seed=spec.seed)
+        self.study, self.size, self.budget, self.protocol, self.poll = study, size, budget, protocol, poll
+        self.spec = protocol.spec
+        self.trainer = PopulationTrainer(data, self.spec.train, self.spec.network, mask_seed=self.spec.seed)
         self.active: dict[int, optuna.Trial] = {}
-        self.history: dict[int, list[float]] = {}  # each active member's metric per epoch
         self.ran = 0
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-io")
         self.heartbeat = Heartbeat(study, lambda: [internals.trial_id(t) for t in list(self.active.values())])
@@ -78,14 +56,14 @@ class PopulationRunner:
             trial = trial or try_claim(self.study, self.budget, self.heartbeat.beat)
             if trial is None:  # the budget is met, or every free slot is another running trial's
                 break
-            tag_trial(trial, self.where)
+            self.protocol.begin(trial)
             try:
-                hp: Hparams = self.spec.space.suggest(trial, self.spec.network.n_hidden, self.spec.network.n_conv)
+                hp = self.spec.hparams(trial)
             except ValueError as e:  # the study file's space does not fit its network: every trial would fail
-                self._finish(trial, TrialState.FAIL, reason=str(e))
+                self.protocol.finish(trial, TrialState.FAIL, reason=str(e))
                 self.trainer.add(keys, hps, seeds)
                 raise SpecError(str(e)) from None
-            set_lr(trial, self.spec.train.base_lr * hp.lr_scale)
+            self.protocol.started(trial, hp)
             self.active[trial.number] = trial
             keys.append(trial.number)
             hps.append(hp)
@@ -93,42 +71,25 @@ class PopulationRunner:
             trial = None
         self.trainer.add(keys, hps, seeds)
 
-    def _finish(self, trial: optuna.Trial, state: TrialState, value: float | None = None, reason: str = "") -> None:
-        if reason:
-            set_end_reason(trial, reason)
-        frozen = self.study.tell(trial, value, state=state)
-        self.history.pop(trial.number, None)
-        weights = self.finals.pop(trial.number, None)
-        if (
-            weights is not None
-            and self.keep is not None
-            and state == TrialState.COMPLETE
-            and is_best_so_far(self.study, frozen)
-        ):
-            self.keep(frozen, weights)  # the study's best so far: the network a user gets if it stays best
-        for cb in self.callbacks:
-            cb(self.study, frozen)
-
     def _decide(self, results: list[EpochResult]) -> list[Hashable]:
-        """On the I/O thread: report each member's epoch, run the hooks, prune or finish; return who left."""
+        """On the I/O thread: report each member's epoch (the trial protocol), prune or finish; return who left."""
         leaving = []
         last = self.spec.train.epochs - 1
         for r in results:
             trial = self.active[r.key]  # type: ignore[index]
-            if r.error:
-                self._finish(trial, TrialState.PRUNED, reason=r.error)
-            else:
-                history = self.history.setdefault(trial.number, [])
-                history.append(r.metrics[self.spec.metric])
-                trial.report(history[-1], r.epoch)
-                for hook in self.hooks:
-                    hook(trial, r.epoch, r.metrics)
-                if trial.should_prune():
-                    self._finish(trial, TrialState.PRUNED)
-                elif r.epoch >= last:
-                    self._finish(trial, TrialState.COMPLETE, trial_value(history, self.spec.metric_epochs))
-                else:
+            try:
+                if r.error:
+                    raise Diverged(r.error)
+                self.protocol.epoch(trial, r.epoch, r.metrics)
+                if r.epoch < last:
                     continue
+                self.protocol.finish(trial, TrialState.COMPLETE, self.protocol.value(trial))
+            except Diverged as e:
+                self.protocol.finish(trial, TrialState.PRUNED, reason=str(e))
+            except optuna.TrialPruned:
+                self.protocol.finish(trial, TrialState.PRUNED)
+            except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another worker meanwhile
+                self.protocol.drop_taken(trial)
             leaving.append(r.key)
         return leaving
 
@@ -165,8 +126,10 @@ class PopulationRunner:
             if pending is not None:
                 self._apply(pending)
                 results = [r for r in results if r.key in self.active]
-            if self.keep is not None:
-                self.finals.update({r.key: self.trainer.member(r.key).state_dict() for r in results if r.epoch >= last})
+            if self.protocol.keep is not None:  # a finishing member's trained network, kept until it is told
+                for r in results:
+                    if r.epoch >= last:
+                        self.protocol.trained_weights(r.key, self.trainer.member(r.key).state_dict())  # type: ignore
             self.trainer.remove([r.key for r in results if r.error or r.epoch >= last])
             pending = self._io.submit(self._decide, results)
 
@@ -179,19 +142,9 @@ class PopulationRunner:
                 self._loop(stop)
         except BaseException as e:
             self._io.shutdown(wait=True)  # let the last decisions land before failing the rest
-            stopped = isinstance(e, WorkerStopped)
-            queued = []
-            for trial in list(self.active.values()):
-                if internals.frozen(self.study, internals.trial_id(trial)).state == TrialState.RUNNING:
-                    reason = f"{e}; queued again" if stopped else f"{type(e).__name__}: {e}"[:2000]
-                    self._finish(trial, TrialState.FAIL, reason=reason)
-                    if stopped:
-                        requeue(self.study, internals.trial_id(trial))
-                        queued.append(str(trial.number))
-            if not stopped:
+            self.protocol.stop(list(self.active.values()), e)
+            if not isinstance(e, WorkerStopped):
                 raise
-            if queued:
-                log.warning("trial(s) %s stopped (%s): queued again with the same parameters", ", ".join(queued), e)
         finally:
             self._io.shutdown(wait=True)
         return self.ran

@@ -1,10 +1,10 @@
 """A worker: joins a study by name through the storage alone and trains trials until the budget is met.
 
-The trial protocol, top to bottom (``TrialLoop.run``): claim a slot of the shared budget and create
-the trial in it (``sweeper.workers.budget``), train it with the heartbeat thread beating for it
-(``sweeper.workers.heartbeat``), tell Optuna how it ended, run the end-of-trial callbacks (MLflow,
-progress bar); stop on SIGTERM / Ctrl-C (``sweeper.workers.shutdown``), when the budget is met, or
-when trials keep failing.
+One trial at a time (``TrialLoop.run``): claim a slot of the shared budget and create the trial in it
+(``sweeper.workers.budget``), train it with the heartbeat thread beating for it (``sweeper.workers.heartbeat``),
+finish it as the trial protocol says (``sweeper.workers.protocol``: tell Optuna, keep the best network, the
+end-of-trial callbacks); stop on SIGTERM / Ctrl-C (``sweeper.workers.shutdown``), when the budget is met, or
+when trials keep failing. A population of trials stacked on one device: ``sweeper.workers.population``.
 """
 
 from __future__ import annotations
@@ -13,29 +13,25 @@ import gc
 import logging
 import socket
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.study import optuna_internals as internals
-from sweeper.study.record import StudyRecord, heartbeat_settings, is_best_so_far, set_end_reason, set_lr, tag_trial
+from sweeper.study.record import StudyRecord, heartbeat_settings
 from sweeper.tracking.tracker import MlflowTracker
 from sweeper.training.objective import Diverged, Objective, prepare_data
 from sweeper.training.population.trainer import unstackable
 from sweeper.workers.budget import claim
 from sweeper.workers.heartbeat import Heartbeat
 from sweeper.workers.progress import ProgressBar, TrialLines, quiet_trial_tracebacks
-from sweeper.workers.shutdown import Shutdown, WorkerStopped, requeue
+from sweeper.workers.protocol import TrialProtocol
+from sweeper.workers.shutdown import Shutdown, WorkerStopped
 
 log = logging.getLogger("sweeper")
-TAKEN = (
-    "taken over: no heartbeat for longer than the grace period (the study database was unreachable), "
-    "so another worker failed it and queued it again"
-)
 FAILURES_IN_A_ROW = 3  # a worker whose trials keep failing stops: a broken network or data, not bad luck
-Callback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 def run_worker(
@@ -80,6 +76,7 @@ def run_worker(
     callbacks: list[Any] = [c for c in (tracker, bar) if c is not None]
     hooks = [tracker.on_epoch] if tracker is not None else []
     keep = tracker.keep_weights if tracker is not None else None  # the selected network goes with its run
+    protocol = TrialProtocol(study, spec, where, hooks, callbacks, keep)
     try:
         size = population or spec.train.population
         why_not = unstackable(spec)
@@ -89,10 +86,10 @@ def run_worker(
             from sweeper.workers.population import PopulationRunner
 
             with Shutdown() as stop:
-                return PopulationRunner(study, spec, data, size, budget, where, hooks, callbacks, keep).run(stop)
+                return PopulationRunner(study, data, size, budget, protocol).run(stop)
         with Shutdown() as stop:
-            objective = Objective(spec, data, hooks, on_step=stop.check)
-            return TrialLoop(study, objective, budget, where, callbacks, keep).run(stop)
+            objective = Objective(spec, data, protocol, on_step=stop.check)
+            return TrialLoop(study, objective, budget, protocol).run(stop)
     finally:
         if bar is not None:
             bar.close()
@@ -101,19 +98,13 @@ def run_worker(
 
 
 class TrialLoop:
-    """One trial at a time: claim, train, tell, call back; until the budget is met or the worker stops."""
+    """One trial at a time: claim, train, finish (``sweeper.workers.protocol``); until the budget is met, the
+    worker stops, or trials keep failing."""
 
     def __init__(
-        self,
-        study: optuna.Study,
-        objective: Callable[[optuna.Trial], float],
-        budget: int,
-        where: Mapping[str, str],
-        callbacks: Sequence[Callback] = (),
-        keep: Callable[[FrozenTrial, dict[str, Any]], None] | None = None,
+        self, study: optuna.Study, objective: Callable[[optuna.Trial], float], budget: int, protocol: TrialProtocol
     ) -> None:
-        self.study, self.objective, self.budget, self.where = study, objective, budget, dict(where)
-        self.callbacks, self.keep = list(callbacks), keep
+        self.study, self.objective, self.budget, self.protocol = study, objective, budget, protocol
         self.running: int | None = None  # the id of the trial being trained, for the heartbeat
         self.ran = self.failures = 0
         self.poll = min(2.0, heartbeat_settings()[0] / 2)
@@ -129,22 +120,22 @@ class TrialLoop:
                 self.running = internals.trial_id(trial)
                 try:
                     frozen = self._train(trial)
-                except WorkerStopped as e:
-                    self._end(requeue(self.study, self.running))
-                    log.warning("trial %d stopped (%s): queued again with the same parameters", trial.number, e)
-                    break
+                except (WorkerStopped, Exception) as e:  # a stop request (queued again), or a bug every trial hits
+                    self.protocol.stop([trial], e)
+                    if isinstance(e, WorkerStopped):
+                        break
+                    raise
                 finally:
                     self.running = None
                 if frozen is None:  # another worker took it
                     continue
                 self.ran += 1
                 self.failures = self.failures + 1 if frozen.state == TrialState.FAIL else 0
-                self._end(frozen)
         return self.ran
 
     def _train(self, trial: optuna.Trial) -> FrozenTrial | None:
-        """Train one trial and record how it ended; None if it was taken over (it is not ours to tell)."""
-        tag_trial(trial, self.where)
+        """Train one trial and finish it; None if it was taken over (it is not ours to tell)."""
+        self.protocol.begin(trial)
         value, state, error, reason = None, TrialState.COMPLETE, None, None
         try:
             value = self.objective(trial)
@@ -153,34 +144,11 @@ class TrialLoop:
         except optuna.TrialPruned:
             state = TrialState.PRUNED
         except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale by another worker meanwhile
-            self._drop_taken()
+            self.protocol.drop_taken(trial)
             return None
-        except WorkerStopped as e:
-            set_end_reason(trial, f"{e}; queued again")
-            self.study.tell(trial, state=TrialState.FAIL)
-            raise
         except RuntimeError as e:  # a trial's own failure (out of memory, a bad shape): the next may do better
             state, error, reason = TrialState.FAIL, e, f"{type(e).__name__}: {e}"
-        except Exception as e:  # a bug or broken data: every trial would fail, so the worker stops here
-            set_end_reason(trial, f"{type(e).__name__}: {e}")
-            self.study.tell(trial, state=TrialState.FAIL)
-            raise
-        lr = getattr(self.objective, "lr", None)
-        try:  # another worker may have failed it as stale since its last report: then every write here refuses
-            if reason is not None:
-                set_end_reason(trial, reason)
-            if lr is not None:
-                set_lr(trial, lr)
-            frozen = self.study.tell(trial, value, state=state if value is None else None)
-        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # "Cannot tell a FAIL trial"
-            if internals.frozen(self.study, internals.trial_id(trial)).state != TrialState.FAIL:
-                raise
-            self._drop_taken()
-            return None
-        if self.keep is not None and frozen.state == TrialState.COMPLETE and is_best_so_far(self.study, frozen):
-            model = getattr(self.objective, "model", None)
-            if model is not None:  # the study's best so far: its network is the one a user gets if it stays best
-                self.keep(frozen, model.state_dict())
+        frozen = self.protocol.finish(trial, state, value, reason)
         if error is not None:
             log.warning("trial %d failed: %s: %s", trial.number, type(error).__name__, str(error)[:300])
             if _is_oom(error):
@@ -190,19 +158,6 @@ class TrialLoop:
                 error = None
                 _free_memory()
         return frozen
-
-    def _end(self, frozen: FrozenTrial) -> None:
-        for callback in self.callbacks:
-            callback(self.study, frozen)
-
-    def _drop_taken(self) -> None:
-        """A trial another worker failed as stale: say so in one line, end its MLflow run as failed, go on."""
-        assert self.running is not None
-        frozen = internals.frozen(self.study, self.running)
-        log.warning("trial %d %s; this worker drops it and goes on", frozen.number, TAKEN)
-        for callback in self.callbacks:
-            if isinstance(callback, MlflowTracker):
-                callback(self.study, frozen, reason=TAKEN)
 
 
 def _is_oom(e: BaseException) -> bool:

@@ -8,30 +8,22 @@ adding new ones (``extend``) is one ``index_select`` / ``cat`` per tensor, so th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
-from sweeper.study.space import Hparams
+from sweeper.study.hparams import Hparams, stack_settings
 from sweeper.training.layers import weight_matrices
 from sweeper.training.models import MLP
 from sweeper.training.train import seed_everything
 
 
 def _settings(hp: Hparams, base_lr: float) -> dict[str, torch.Tensor]:
-    """One member's training settings; ``inf`` and 0 mean "off" (no max-norm, no clipping, no L1 ...)."""
-    return {
-        "lr": torch.tensor(base_lr * hp.lr_scale, dtype=torch.float64),
-        "momentum": torch.tensor(hp.momentum),
-        "weight_decay": torch.tensor(hp.weight_decay),
-        "lr_decay": torch.tensor(hp.lr_decay, dtype=torch.float64),
-        "max_norm": torch.tensor(hp.max_norm if hp.max_norm else math.inf),
-        "l1": torch.tensor(hp.l1 or 0.0),
-        "r_drop": torch.tensor(hp.r_drop_alpha or 0.0),
-        "smooth": torch.tensor(hp.label_smoothing or 0.0),
-        "clip": torch.tensor(hp.grad_clip if hp.grad_clip else math.inf),
-    }
+    """One member's training settings, by the table's keys (``hparams.stack_settings``), and its learning rate."""
+    settings = {"lr": torch.tensor(hp.lr(base_lr), dtype=torch.float64)}
+    for key, (value, float64) in stack_settings(hp).items():
+        settings[key] = torch.tensor(value, dtype=torch.float64 if float64 else torch.float32)
+    return settings
 
 
 class Stack:
@@ -57,7 +49,8 @@ class Stack:
         nets = []
         for hp, seed in zip(hps, seeds, strict=True):
             seed_everything(seed)
-            nets.append(MLP(in_features, num_classes, tuple(hidden), hp.dropout, hp.batch_norm, activation))
+            gaussian = hp.dropout_kind == "gaussian"
+            nets.append(MLP(in_features, num_classes, tuple(hidden), hp.dropout, hp.batch_norm, activation, gaussian))
         net = MLP.stack(nets).to(device)
         per = [_settings(hp, base_lr) for hp in hps]
         settings = {k: torch.stack([d[k] for d in per]).to(device) for k in per[0]}
@@ -73,9 +66,9 @@ class Stack:
         self.any_bn = on and bool(self.net.batch_norm.any())
         self.any_max_norm = on and bool(torch.isfinite(hp["max_norm"]).any())
         self.any_l1 = on and bool((hp["l1"] > 0).any())
-        self.any_r_drop = on and bool((hp["r_drop"] > 0).any())
-        self.any_clip = on and bool(torch.isfinite(hp["clip"]).any())
-        self.any_smooth = on and bool((hp["smooth"] > 0).any())
+        self.any_r_drop = on and bool((hp["r_drop_alpha"] > 0).any())
+        self.any_clip = on and bool(torch.isfinite(hp["grad_clip"]).any())
+        self.any_smooth = on and bool((hp["label_smoothing"] > 0).any())
         self.params = dict(self.net.named_parameters())  # looked up per step: collected once per change
         self.weights = weight_matrices(self.net)  # what L2, L1 and max-norm act on, by name
 

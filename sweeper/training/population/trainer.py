@@ -9,18 +9,18 @@ batches are the sequential trainer's batches). Dropout masks come from populatio
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from sweeper.study.space import Hparams
+from sweeper.study.hparams import KNOBS, Hparams
+from sweeper.study.param import Param
 from sweeper.study.spec import NetworkSpec, StudySpec, TrainSpec
 from sweeper.training.data import Dataset, Split
 from sweeper.training.layers import max_norm_
+from sweeper.training.loss import cross_entropy, divergence, l1_penalty, r_drop, scores
 from sweeper.training.population.optim import decay_lr, sgd_step
 from sweeper.training.population.stacked import Stack
 from sweeper.training.train import StepHook
@@ -29,19 +29,22 @@ from sweeper.training.train import StepHook
 def unstackable(spec: StudySpec) -> str | None:
     """Why ``spec``'s trials cannot be trained as a stacked population (then they run one at a time), or None.
 
-    The population stacks the built-in MLP trained with SGD, the dropout paper's regularizers, label smoothing
-    and gradient clipping.
+    The population stacks the built-in MLP and the hyperparameters the table marks as stackable
+    (``hparams.Knob.stack``); early stopping keeps a trial's best epoch, which the stack does not.
     """
     if spec.network.type != "mlp":
         return f"network {spec.network.type!r} is not the built-in mlp"
-    extras = ("mixup_alpha", "ema_decay")  # label smoothing and gradient clipping stack: see _member_loss, _clip_
-    named = [k for k in extras if getattr(spec.space, k) is not None]
-    if spec.space.optimizer.words() != ["sgd"]:
-        named.insert(0, "optimizer")
+    named = []
+    for knob in KNOBS:
+        p = spec.space.value(knob.key)
+        if p is None or knob.optimizer is not None:  # off, or drawn only with its optimizer (which says it)
+            continue
+        values = set(p.words() if isinstance(p, Param) else ())
+        if knob.stack is False or (isinstance(knob.stack, tuple) and values - set(knob.stack)):
+            named.append(knob.key)
     if spec.train.early_stopping_patience is not None:
         named.append("train.early_stopping_patience")
-    why = "the population trains SGD with the dropout paper's regularizers, label smoothing and gradient clipping"
-    return f"{why}, not {', '.join(named)}" if named else None
+    return f"the population does not stack {', '.join(named)}" if named else None
 
 
 @dataclass
@@ -52,20 +55,6 @@ class EpochResult:
     error: str | None = None  # set when the member diverged
 
 
-def _member_loss(logits: torch.Tensor, y: torch.Tensor, smooth: torch.Tensor | None) -> torch.Tensor:
-    """Mean cross-entropy per member, each with its label smoothing ``smooth`` (``[K]``): ``[K, B, C]`` -> ``[K]``.
-
-    ``F.cross_entropy(label_smoothing=e)``'s formula: ``(1 - e) * nll + e * mean over classes of -log p``.
-    """
-    k, b = y.shape
-    if smooth is None:  # no member smooths: the fused kernel
-        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="none").view(k, b).mean(1)
-    logp = F.log_softmax(logits.float(), -1)
-    nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-    e = smooth.view(-1, 1)
-    return ((1 - e) * nll - e * logp.mean(-1)).mean(1)
-
-
 @torch.no_grad()
 def _clip_(grads: dict[str, torch.Tensor], clip: torch.Tensor) -> None:
     """Each member's gradient to total norm <= ``clip`` (``[K]``), as ``clip_grad_norm_`` over its parameters."""
@@ -73,14 +62,6 @@ def _clip_(grads: dict[str, torch.Tensor], clip: torch.Tensor) -> None:
     coef = (clip / (norm + 1e-6)).clamp(max=1.0)
     for g in grads.values():
         g.mul_(coef.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
-
-
-def _member_kl(l1: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
-    """R-Drop's symmetric KL with ``batchmean`` per member, as ``train.r_drop_loss``."""
-    lp1, lp2 = F.log_softmax(l1.float(), -1), F.log_softmax(l2.float(), -1)
-    kl12 = F.kl_div(lp1, lp2, log_target=True, reduction="none").sum(-1).mean(1)
-    kl21 = F.kl_div(lp2, lp1, log_target=True, reduction="none").sum(-1).mean(1)
-    return 0.5 * (kl12 + kl21)
 
 
 class PopulationTrainer:
@@ -157,20 +138,19 @@ class PopulationTrainer:
         net, hp = stack.net, stack.hp
         with self._autocast():
             logits = net(xb, self.mask_gens[0], bn_update=active)
-            smooth = hp["smooth"] if stack.any_smooth else None
-            loss = _member_loss(logits, yb, smooth)
+            smooth = hp["label_smoothing"] if stack.any_smooth else None
+            loss = cross_entropy(logits, yb, smooth)
             if stack.any_r_drop:
-                alpha = hp["r_drop"]
+                alpha = hp["r_drop_alpha"]
                 # R-Drop's second pass moves the batch-norm running statistics of R-Drop members only (as
                 # train.train's second forward pass does), never those of the members beside them
                 second = alpha > 0 if active is None else (alpha > 0) & active
                 logits2 = net(xb, self.mask_gens[1], bn_update=second)
-                both = 0.5 * (loss + _member_loss(logits2, yb, smooth)) + alpha * _member_kl(logits, logits2)
+                both = 0.5 * (loss + cross_entropy(logits2, yb, smooth)) + alpha * r_drop(logits, logits2)
                 loss = torch.where(alpha > 0, both, loss)
         reported = loss.detach()
         if stack.any_l1:
-            l1 = torch.stack([w.abs().flatten(1).sum(1) for w in stack.weights.values()]).sum(0)
-            loss = loss + hp["l1"] * l1
+            loss = loss + hp["l1"] * l1_penalty(stack.weights.values(), members=True)
         if active is not None:
             loss = torch.where(active, loss, torch.zeros_like(loss))
         params = stack.params
@@ -178,30 +158,16 @@ class PopulationTrainer:
         grads = torch.autograd.grad(loss.sum(), list(params.values()), allow_unused=True)
         used = {n: g for n, g in zip(params, grads, strict=True) if g is not None}
         if stack.any_clip:
-            _clip_(used, hp["clip"])
+            _clip_(used, hp["grad_clip"])
         sgd_step(stack, used, active)
         if stack.any_max_norm:
             max_norm_(net, hp["max_norm"], active)
         return reported
 
-    @torch.no_grad()
     def evaluate(self, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-member mean cross-entropy and accuracy (dropout off, batch-norm running statistics)."""
         assert self.stack is not None
-        net = self.stack.net.eval()
-        loss_sum = torch.zeros(self.size, device=self.device)
-        correct = torch.zeros(self.size, device=self.device)
-        bs = self.settings.eval_batch_size
-        for i in range(0, len(split.x), bs):
-            x = split.x[i : i + bs]
-            with self._autocast():
-                logits = net(x.unsqueeze(0).expand(self.size, -1, -1)).float()
-            y = split.y[i : i + bs].expand(self.size, -1)
-            loss_sum += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y).sum(1)
-            correct += (logits.argmax(-1) == y).sum(1)
-        net.train()
-        n = len(split.x)
-        return loss_sum / n, correct / n
+        return scores(self.stack.net, split, self.settings.eval_batch_size, self.size, self._autocast)
 
     def train_epoch(self, on_step: StepHook | None = None) -> list[EpochResult]:
         """One epoch for every member; one host sync at its end. ``on_step()`` runs after each step and may raise."""
@@ -237,10 +203,6 @@ class PopulationTrainer:
             tl, vl, va, rate = (row[j] for row in table)
             epoch = self.epochs[j]
             self.epochs[j] += 1
-            res = EpochResult(key, epoch, {"train_loss": tl, "val_loss": vl, "val_accuracy": va, "lr": rate})
-            if not math.isfinite(tl):
-                res.error = f"training loss became {tl} in epoch {epoch}"
-            elif not math.isfinite(vl):
-                res.error = f"validation loss became {vl} in epoch {epoch}"
-            out.append(res)
+            metrics = {"train_loss": tl, "val_loss": vl, "val_accuracy": va, "lr": rate}
+            out.append(EpochResult(key, epoch, metrics, divergence(tl, vl, epoch)))
         return out

@@ -1,0 +1,133 @@
+"""The trial protocol: what happens to a trial around its training, the same whether it trains alone
+(``sweeper.workers.worker.TrialLoop``) or stacked in a population (``sweeper.workers.population``).
+
+A claimed trial is tagged with where it runs (``begin``) and records its learning rate (``started``); each
+epoch is reported to Optuna and the tracking hooks, and the study's pruner may stop it there (``epoch``); its
+trained network waits (``trained``) until it ends: ``finish`` stores why, tells Optuna, keeps the network if
+the trial is the study's best so far, and runs the end-of-trial callbacks. A trial another worker failed as
+stale meanwhile (the database was out of reach longer than the heartbeat grace) is dropped with one line
+(``drop_taken``); a worker that stops (SIGTERM, Ctrl-C) fails its running trials and queues them again with the
+same parameters (``stop``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from torch import nn
+
+from sweeper.study import optuna_internals as internals
+from sweeper.study.hparams import Hparams
+from sweeper.study.record import is_best_so_far, set_end_reason, set_lr, tag_trial, with_end_reason
+from sweeper.study.spec import StudySpec
+from sweeper.training.objective import TrialHooks, trial_value
+from sweeper.workers.shutdown import WorkerStopped, requeue
+
+log = logging.getLogger("sweeper")
+TAKEN = (
+    "taken over: no heartbeat for longer than the grace period (the study database was unreachable), "
+    "so another worker failed it and queued it again"
+)
+EpochHook = Callable[[optuna.Trial, int, dict[str, float]], None]
+Callback = Callable[[optuna.Study, FrozenTrial], None]
+Keep = Callable[[FrozenTrial, Mapping[str, Any]], None]
+
+
+class TrialProtocol(TrialHooks):
+    """A worker's trials from claim to end. ``hooks`` see every epoch's metrics (tracking); ``callbacks`` every
+    trial's end (tracking, progress); ``keep`` the weights of a trial that ends as the study's best so far."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        spec: StudySpec,
+        where: Mapping[str, str],
+        hooks: Sequence[EpochHook] = (),
+        callbacks: Sequence[Callback] = (),
+        keep: Keep | None = None,
+    ) -> None:
+        self.study, self.spec, self.where = study, spec, dict(where)
+        self.hooks, self.callbacks, self.keep = list(hooks), list(callbacks), keep
+        self.history: dict[int, list[float]] = {}  # each running trial's metric per epoch, as reported
+        self.weights: dict[int, Mapping[str, Any]] = {}  # a trained network, from its last epoch to its end
+
+    def begin(self, trial: optuna.Trial) -> None:
+        tag_trial(trial, self.where)
+
+    def started(self, trial: optuna.Trial, hp: Hparams) -> None:
+        set_lr(trial, hp.lr(self.spec.train.base_lr))
+
+    def epoch(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
+        """Report the epoch, show it to the hooks; raise ``optuna.TrialPruned`` when the pruner stops the trial."""
+        value = metrics[self.spec.metric]
+        self.history.setdefault(trial.number, []).append(value)
+        trial.report(value, epoch)
+        for hook in self.hooks:
+            hook(trial, epoch, metrics)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    def trained(self, trial: optuna.Trial, model: nn.Module) -> None:
+        self.trained_weights(trial.number, model.state_dict())
+
+    def trained_weights(self, number: int, weights: Mapping[str, Any]) -> None:
+        if self.keep is not None:
+            self.weights[number] = weights
+
+    def value(self, trial: optuna.Trial) -> float:
+        """A complete trial's value from its reported epochs (``StudySpec.metric_epochs``)."""
+        return trial_value(self.history[trial.number], self.spec.metric_epochs)
+
+    def finish(
+        self, trial: optuna.Trial, state: TrialState, value: float | None = None, reason: str | None = None
+    ) -> FrozenTrial | None:
+        """Store why the trial ended, tell Optuna, keep its network if it is the best so far, run the callbacks.
+
+        None when another worker failed the trial as stale meanwhile: it is not ours to tell any more.
+        """
+        self.history.pop(trial.number, None)
+        weights = self.weights.pop(trial.number, None)
+        try:
+            if reason:
+                set_end_reason(trial, reason)
+            frozen = self.study.tell(trial, value, state=None if value is not None else state)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):  # "Cannot tell a FAIL trial"
+            if internals.frozen(self.study, internals.trial_id(trial)).state != TrialState.FAIL:
+                raise
+            self.drop_taken(trial)
+            return None
+        if weights is not None and self.keep is not None and frozen.state == TrialState.COMPLETE:
+            if is_best_so_far(self.study, frozen):  # the network a user gets if it stays the best
+                self.keep(frozen, weights)
+        self._ended(frozen)
+        return frozen
+
+    def drop_taken(self, trial: optuna.Trial) -> None:
+        """A trial another worker failed as stale: say so in one line, end its tracking as failed, go on."""
+        self.history.pop(trial.number, None)
+        self.weights.pop(trial.number, None)
+        log.warning("trial %d %s; this worker drops it and goes on", trial.number, TAKEN)
+        self._ended(with_end_reason(internals.frozen(self.study, internals.trial_id(trial)), TAKEN))
+
+    def stop(self, trials: Sequence[optuna.Trial], error: BaseException) -> None:
+        """The worker stops with ``trials`` running: each ends as FAIL with why; on a stop request (SIGTERM,
+        Ctrl-C) each is queued again with the same parameters, in one line."""
+        stopped = isinstance(error, WorkerStopped)
+        queued = []
+        for trial in trials:
+            if internals.frozen(self.study, internals.trial_id(trial)).state != TrialState.RUNNING:
+                continue
+            reason = f"{error}; queued again" if stopped else f"{type(error).__name__}: {error}"
+            if self.finish(trial, TrialState.FAIL, reason=reason) is not None and stopped:
+                requeue(self.study, internals.trial_id(trial))
+                queued.append(str(trial.number))
+        if queued:
+            log.warning("trial(s) %s stopped (%s): queued again with the same parameters", ", ".join(queued), error)
+
+    def _ended(self, frozen: FrozenTrial) -> None:
+        for callback in self.callbacks:
+            callback(self.study, frozen)
