@@ -66,6 +66,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "+clip": {"space": {"grad_clip": {"low": 0.5, "high": 10.0, "optional": True}}},
     "+ema": {"space": {"ema_decay": {"low": 0.9, "high": 0.999, "optional": True}}},
     "+early-stop": {"train": {"early_stopping_patience": 5}},
+    # issue 29: Gaussian dropout (Srivastava et al. 2014, sec. 10), searched beside Bernoulli, and instead of it
+    "+gaussian": {"space": {"dropout_kind": ["bernoulli", "gaussian"]}},
+    "+gauss-only": {"space": {"dropout_kind": "gaussian"}},
     "+population": {"train": {"population": 4}},  # issue 17's lever: 4 trials stacked, more trials per CPU second
     "+4-workers": {},  # issue 17's lever: the minimal study file run by 4 worker processes (api.launch workers=4)
     # issue 17's levers: the literature's learning-rate scale (10-100x, not 1-100x); selection on the last 3 epochs
