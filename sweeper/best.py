@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from sweeper.errors import DivergedError, TrackingError
-from sweeper.study.record import StudyRecord
 from sweeper.study.hparams import Hparams
+from sweeper.study.record import StudyRecord
 from sweeper.study.spec import StudySpec
 from sweeper.study.urls import mask_url, storage_url, tracking_uri
 
@@ -33,8 +33,8 @@ def score_best_on_test(
     which. The test score is reported, never used for selection. ``record`` is an open study or a study
     name (in ``storage``); ``data``: the study's prepared data, when the caller has it already.
     """
-    from sweeper.training.objective import prepare_data
     from sweeper.training.loss import evaluate
+    from sweeper.training.objective import prepare_data
 
     record = _open(record, storage)
     best = record.best_trial()
@@ -69,8 +69,8 @@ def refit_best(
     import torch
 
     from sweeper.training.data import Split
-    from sweeper.training.objective import fit, prepare_data
     from sweeper.training.loss import evaluate
+    from sweeper.training.objective import fit, prepare_data
     from sweeper.training.train import trial_seed
 
     record = _open(record, storage)

@@ -130,8 +130,7 @@ def _lr(self: Any, base_lr: float) -> float:
 #: then each conv block's, then each hidden layer's) and a field per knob of the table, named by its key.
 Hparams = make_dataclass(
     "Hparams",
-    [("dropout", tuple[float, ...])]
-    + [(k.key, _type(k), field(default=k.neutral)) for k in KNOBS if k.layers is None],
+    [("dropout", tuple[float, ...])] + [(k.key, _type(k), field(default=k.neutral)) for k in KNOBS if k.layers is None],
     frozen=True,
     namespace={"lr": _lr, "__doc__": "One trial's hyperparameters: ``dropout`` per layer and a field per knob."},
 )

@@ -25,10 +25,11 @@ class MLP(nn.Module):
     """Input dropout, then per hidden layer: Linear -> [BatchNorm] -> activation -> Dropout; K members side by side.
 
     Built, it is one network (K = 1): ``dropout[0]`` is the input layer's rate, ``dropout[i]`` the i-th hidden
-    layer's (Gaussian dropout with ``gaussian``), and a ``[B, in]`` batch gives ``[B, classes]`` logits. ``MLP.stack`` puts K such networks (each with its
-    own rates, batch norm on or off) side by side for the population trainer: a ``[K, B, in]`` batch (each member's
-    own) gives ``[K, B, classes]``. The layers are ``training.layers``'s: dropout is inverted (kept units scaled by
-    1/(1-p) in training, the identity in ``eval()``), so no rescaling is needed at test time.
+    layer's (Gaussian dropout with ``gaussian``), and a ``[B, in]`` batch gives ``[B, classes]`` logits.
+    ``MLP.stack`` puts K such networks (each with its own rates and kind, batch norm on or off) side by side for
+    the population trainer: a ``[K, B, in]`` batch (each member's own) gives ``[K, B, classes]``. The layers are
+    ``training.layers``'s: dropout is inverted (kept units scaled by 1/(1-p) in training, the identity in
+    ``eval()``), so no rescaling is needed at test time.
     """
 
     def __init__(
