@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, causes
 
 
 class UserError(click.ClickException):
@@ -35,14 +35,8 @@ def errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _sweeper_cause(e: BaseException | None) -> SweeperError | None:
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, SweeperError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
+def _sweeper_cause(e: BaseException) -> SweeperError | None:
+    return next((c for c in causes(e) if isinstance(c, SweeperError)), None)
 
 
 storage_opt = click.option(

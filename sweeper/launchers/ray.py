@@ -18,8 +18,8 @@ import time
 from types import ModuleType
 from typing import Any
 
-from sweeper.errors import SpecError
-from sweeper.launchers.ray_cluster import check_resources, first_line, init
+from sweeper.errors import SpecError, first_line
+from sweeper.launchers.ray_cluster import check_resources, init
 from sweeper.study.urls import mask_url
 
 log = logging.getLogger("sweeper")

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
-from sweeper.errors import SpecError, StudyError
+from sweeper.errors import SpecError, StudyError, causes, first_line
 
 log = logging.getLogger("sweeper")
 
@@ -175,20 +175,9 @@ def quiet_ray() -> Iterator[None]:
         ray_log.setLevel(level)
 
 
-def _refused_token(e: BaseException | None) -> bool:
+def _refused_token(e: BaseException) -> bool:
     """Whether Ray's error (or what caused it) is a refused or missing authentication token."""
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if type(e).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(e):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+    return any(type(c).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(c) for c in causes(e))
 
 
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-__all__ = ["LOCAL", "check_resources", "check_token", "first_line", "init", "probe", "quiet_ray", "token_refused"]
+__all__ = ["LOCAL", "check_resources", "check_token", "init", "probe", "quiet_ray", "token_refused"]

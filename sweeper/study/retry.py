@@ -23,7 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import StudyError
-from sweeper.study.db_errors import first_line, is_permanent, is_transient, permanent
+from sweeper.study.db_errors import driver_words, is_permanent, is_transient, permanent
 from sweeper.study.exactly_once import create_table, once
 from sweeper.study.optuna_internals import CACHED_BACKEND_CALLS, add_trial, lock_study, lock_trial, rdb_method
 from sweeper.study.urls import mask_url
@@ -72,7 +72,7 @@ def with_retry(call: Callable[[], T], where: str, limit: float | None = None) ->
                 log.warning(
                     "study database %s unreachable (%s); waiting up to %.0f s for it (SWEEPER_DB_RETRY_S)",
                     where,
-                    first_line(e),
+                    driver_words(e),
                     limit,
                 )
         else:
@@ -122,7 +122,7 @@ def _call_with_retry(storage: optuna.storages.RDBStorage, fn: Callable[[], T]) -
             raise
         raise DatabaseUnreachable(
             f"the study database {where} has been unreachable for more than {patience():.0f} s "
-            f"({first_line(e)}); giving up (SWEEPER_DB_RETRY_S sets how long to wait)"
+            f"({driver_words(e)}); giving up (SWEEPER_DB_RETRY_S sets how long to wait)"
         ) from e
 
 
