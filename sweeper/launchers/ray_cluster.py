@@ -29,19 +29,6 @@ LOCAL = ("", "local")  # --ray with no address: start a Ray for this machine, st
 TOKEN_HELP = "`ray get-auth-token` on the head node prints the cluster's token"
 
 
-def check_resources(workers: int, cpus: float, gpus: float) -> None:
-    """What one worker asks Ray for, checked before anything starts (Ray's own rules for quantities)."""
-    if workers < 1:
-        raise SpecError(f"--workers must be >= 1, but got {workers}")
-    for name, value, low in (("--cpus-per-worker", cpus, "> 0"), ("--gpus-per-worker", gpus, ">= 0")):
-        if value < 0 or (value == 0 and name == "--cpus-per-worker"):
-            raise SpecError(f"{name} must be {low}, but got {value:g}")
-        if value > 1 and value != int(value):
-            raise SpecError(
-                f"{name} above 1 must be a whole number (Ray shares only fractions of one), but got {value:g}"
-            )
-
-
 def init(ray: ModuleType, address: str) -> None:
     """``ray.init``: a new local Ray for ``''``/``local``, else the cluster at ``address``."""
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
@@ -180,4 +167,4 @@ def _refused_token(e: BaseException) -> bool:
     return any(type(c).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(c) for c in causes(e))
 
 
-__all__ = ["LOCAL", "check_resources", "check_token", "init", "probe", "quiet_ray", "token_refused"]
+__all__ = ["LOCAL", "check_token", "init", "probe", "quiet_ray", "token_refused"]
