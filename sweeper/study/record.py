@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from sweeper.study.storage import make_storage
 from sweeper.study.strategy import make_pruner, make_sampler, sampler_seed
 from sweeper.study.urls import mask_url
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials that count toward the budget
 
 _SPEC = "sweeper.spec"
 _BUDGET = "sweeper.budget"
@@ -189,10 +190,8 @@ class StudyRecord:
         return self.n_finished() >= self.budget
 
     def counts(self) -> dict[str, int]:
-        counts = {s.name.lower(): 0 for s in TrialState}
-        for t in self.study.get_trials(deepcopy=False):
-            counts[t.state.name.lower()] += 1
-        return counts
+        counts = count_states(self.study)
+        return {s.name.lower(): counts[s] for s in TrialState}
 
     def best_trial(self) -> FrozenTrial | None:
         if not self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -238,8 +237,13 @@ def is_best_so_far(study: optuna.Study, trial: FrozenTrial) -> bool:
         return False
 
 
+def count_states(study: optuna.Study, states: tuple[TrialState, ...] = tuple(TrialState)) -> Counter[TrialState]:
+    """How many of the study's trials are in each of ``states``, as stored now."""
+    return Counter(t.state for t in study.get_trials(deepcopy=False, states=states))
+
+
 def n_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    return sum(count_states(study, FINISHED).values())
 
 
 # -- trial attributes ------------------------------------------------------------------------------
@@ -247,10 +251,6 @@ def tag_trial(trial: optuna.Trial, where: Mapping[str, str]) -> None:
     """Where a trial runs (host, worker, device, node, ...), as trial attributes."""
     for k, v in where.items():
         trial.set_user_attr(k, v)
-
-
-def where_ran(trial: FrozenTrial, keys: tuple[str, ...] = ("host", "worker", "device")) -> dict[str, Any]:
-    return {k: trial.user_attrs[k] for k in keys if k in trial.user_attrs}
 
 
 def set_lr(trial: optuna.Trial, lr: float) -> None:
