@@ -51,6 +51,12 @@ class StudyReport:
     test: dict[str, Any] | None = None
     refit: dict[str, Any] | None = None  # the best trial's settings refit on train + val (``sweeper.best``)
     end: dict[str, Any] | None = None  # the end steps, once the budget is met: state "pending" / "running" / ...
+    run_id: str | None = None  # the study's MLflow run, which holds its models (None: tracking off)
+
+    def model_uris(self) -> dict[str, str]:
+        """MLflow URIs of the study run's models, once scored: ``best`` (the selected network) and ``refit``."""
+        scored = (("best", self.test), ("refit", self.refit)) if self.run_id else ()
+        return {kind: f"runs:/{self.run_id}/{kind}_model" for kind, result in scored if result}
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -204,7 +210,7 @@ class StudyRecord:
         if best is not None:
             rep.best_value, rep.best_params, rep.best_trial = best.value, best.params, best.number
         rep.test, rep.refit = self.result("test", best), self.result("refit", best)
-        rep.end = self.end_state()
+        rep.end, rep.run_id = self.end_state(), self.parent_run_id
         return rep
 
 
