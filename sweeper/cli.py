@@ -35,7 +35,7 @@ def main(verbose: bool) -> None:
 @population_opt
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=int,
     default=1,
     show_default=True,
     help="Worker processes on this machine (Ray tasks with --ray); they share the trial budget.",
@@ -53,12 +53,12 @@ def main(verbose: bool) -> None:
 )
 @click.option(
     "--cpus-per-worker",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
     help="With --ray: CPUs Ray reserves for each worker [default: 1].",
 )
 @click.option(
     "--gpus-per-worker",
-    type=click.FloatRange(min=0),
+    type=float,
     help="With --ray: GPUs for each worker, e.g. 1, or 0.25 for four workers per GPU [default: 0, the CPU].",
 )
 @errors
