@@ -29,7 +29,7 @@ from ray.cluster_utils import Cluster
 
 from conftest import _pg_database, tiny_spec_dict
 from sweeper.cli import main
-from sweeper.study.record import end_reason
+from sweeper.study.record import end_reason, where_ran
 from sweeper.study.storage import make_storage
 
 WHERE = ("worker", "node", "node_ip", "gpu")
@@ -85,10 +85,6 @@ def trials(storage: str, name: str) -> list[FrozenTrial]:
     (a new storage per call held its pool until collected: PostgreSQL ran out of clients under load)."""
     st = _storages.get(storage) or _storages.setdefault(storage, make_storage(storage))
     return optuna.load_study(study_name=name, storage=st).get_trials(deepcopy=False)
-
-
-def where_ran(trial: FrozenTrial) -> dict[str, Any]:
-    return {k: trial.user_attrs[k] for k in WHERE if k in trial.user_attrs}
 
 
 def states(ts: list[FrozenTrial]) -> dict[str, int]:
@@ -272,7 +268,7 @@ class TestTokenAuthentication:
         ts = trials(pg_url, "ray-token")
         assert states(ts) == {"COMPLETE": 3}, states(ts)  # the budget, nothing left RUNNING
         # the head has no CPU: the node that joined with the token ran them all, its workers authenticated too
-        assert len({where_ran(t)["node"] for t in ts}) == 1
+        assert len({where_ran(t, WHERE)["node"] for t in ts}) == 1
 
 
 def test_workers_land_on_both_nodes_and_record_where(
@@ -284,7 +280,7 @@ def test_workers_land_on_both_nodes_and_record_where(
     assert result.exit_code == 0, result.output
     ts = trials(pg_url, "ray-place")
     assert states(ts) == {"COMPLETE": 4}  # budget exact, nothing left RUNNING
-    where = [where_ran(t) for t in ts]
+    where = [where_ran(t, WHERE) for t in ts]
     assert {w["node"] for w in where} == {nodes.head_id, nodes.worker_id}  # both nodes ran trials
     assert {w["worker"] for w in where} == {"0", "1"}
     assert all(w["gpu"] == "none" and w["node_ip"] for w in where)

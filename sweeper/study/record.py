@@ -259,6 +259,11 @@ def tag_trial(trial: optuna.Trial, where: Mapping[str, str]) -> None:
         trial.set_user_attr(k, v)
 
 
+def where_ran(trial: FrozenTrial, keys: tuple[str, ...] = ("host", "worker", "device")) -> dict[str, Any]:
+    """Where a trial ran, as ``tag_trial`` recorded it (read by tests and scripts/gpu_paths.py)."""
+    return {k: trial.user_attrs[k] for k in keys if k in trial.user_attrs}
+
+
 def set_lr(trial: optuna.Trial, lr: float) -> None:
     trial.set_user_attr(_LR, lr)
 
