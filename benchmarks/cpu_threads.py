@@ -28,7 +28,8 @@ from pathlib import Path
 import optuna
 
 from sweeper import api
-from sweeper.launchers.local import cpu_cores, run_workers
+from sweeper.launchers.local import run_workers
+from sweeper.settings import RunSettings, cpu_cores
 from sweeper.study.record import StudyRecord
 from sweeper.study.spec import load_spec, parse_spec
 
@@ -68,7 +69,7 @@ def run_once(mode: str, workers: int, trials: int, epochs: int, tmp: str, i: int
     threads = cpu_cores() if mode == "before" else None
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = time.perf_counter()
-    codes = run_workers(spec.name, url, "", workers, gpus="none", threads=threads)
+    codes = run_workers(spec.name, RunSettings(storage=url, tracking="", workers=workers, gpus="none", threads=threads))
     wall = time.perf_counter() - wall
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert codes == [0] * workers, codes

@@ -26,6 +26,7 @@ from pathlib import Path
 from sweeper import api
 from sweeper.launchers.local import run_workers
 from sweeper.launchers.ray import RayWorkers
+from sweeper.settings import RunSettings
 from sweeper.study.record import StudyRecord
 from sweeper.study.spec import parse_spec
 
@@ -60,7 +61,7 @@ def run_local(storage: str, args: argparse.Namespace, starts: list[float]) -> di
     name = f"bench-local-{uuid.uuid4().hex[:6]}"
     api.create(parse_spec(spec_dict(name, args)), storage=storage, tracking="")
     started = time.time()
-    run_workers(name, storage, "", args.workers, gpus="none")
+    run_workers(name, RunSettings(storage=storage, tracking="", workers=args.workers, gpus="none"))
     return timings(name, storage, started, time.time())
 
 
@@ -69,10 +70,11 @@ def run_ray(storage: str, args: argparse.Namespace, starts: list[float]) -> dict
     name = f"bench-ray-{uuid.uuid4().hex[:6]}"
     api.create(parse_spec(spec_dict(name, args)), storage=storage, tracking="")
     start = time.time()
-    with RayWorkers.connect("local", storage, "", args.workers, 1.0, 0.0) as cluster:
+    settings = RunSettings(storage=storage, tracking="", workers=args.workers, ray="local")
+    with RayWorkers.connect(settings) as cluster:
         starts.append(time.time() - start)
         started = time.time()
-        cluster.run(name, storage, "", args.workers)
+        cluster.run(name)
         ended = time.time()
     return timings(name, storage, started, ended)
 

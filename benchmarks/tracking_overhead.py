@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sweeper import api
+from sweeper.settings import RunSettings
 from sweeper.study.spec import parse_spec
 from sweeper.tracking.tracker import MlflowTracker
 from sweeper.tracking.ui import start_server, stop_server
@@ -70,7 +71,7 @@ def time_study(name: str, tmp: Path, tracking: str, args: argparse.Namespace) ->
     api.create(parse_spec(spec_dict(name, args)), storage=storage, tracking=tracking)
     WAITED[0] = 0.0
     start = time.perf_counter()
-    n = run_worker(name, storage, tracking)
+    n = run_worker(name, RunSettings(storage=storage, tracking=tracking))
     return (time.perf_counter() - start) / n, WAITED[0] / n
 
 

@@ -9,11 +9,13 @@ from typing import Any
 import optuna
 
 from sweeper.best import refit_best, score_best_on_test
-from sweeper.errors import SpecError, StudyError, TrackingError
-from sweeper.launchers.local import set_threads, threads_for_a_while, threads_per_worker
-from sweeper.study.record import StudyRecord, StudyReport, n_finished, sweeper_study_names
+from sweeper.errors import StudyError, TrackingError
+from sweeper.launchers import launcher
+from sweeper.launchers.local import set_threads, threads_for_a_while
+from sweeper.settings import RunSettings
+from sweeper.study.record import StudyRecord, StudyReport, sweeper_study_names
 from sweeper.study.spec import StudySpec, load_spec
-from sweeper.study.urls import mask_url, storage_url, tracking_uri
+from sweeper.study.urls import mask_url, storage_url
 
 log = logging.getLogger("sweeper")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -53,41 +55,28 @@ def launch(
     ``population`` trains that many trials at once, stacked on one device (default: the study file's
     ``train.population``, 1 unless set). ``threads``: torch threads per worker (default: worker processes
     share the cores evenly; one worker in this process keeps torch's default, every core).
+    Every option is checked here, once (``sweeper.settings.RunSettings``), before the study exists.
     """
-    _check_population(population)
-    if ray is not None:  # Ray places the workers; its cluster is checked before the study exists
-        from sweeper.launchers.ray import RayWorkers
-
-        if gpus is not None:
-            raise SpecError(f"--gpus {gpus!r} picks this machine's GPUs; with --ray, use --gpus-per-worker")
-        threads_per_worker(workers, threads)
-        spec = study_file if isinstance(study_file, StudySpec) else load_spec(study_file)
-        url, uri = storage_url(storage), tracking_uri(tracking)
-        cpus = 1.0 if cpus_per_worker is None else cpus_per_worker
-        with RayWorkers.connect(ray, url, uri, workers, cpus, gpus_per_worker or 0.0) as cluster:
-            create(spec, trials=trials, storage=storage, tracking=tracking, allow_changed=allow_changed)
-            cluster.run(spec.name, url, uri, workers, population, threads, progress)
-        return finish(spec.name, storage=url, tracking=uri, score_test=score_test, threads=threads)
-    if cpus_per_worker is not None or gpus_per_worker is not None:
-        raise SpecError("--cpus-per-worker and --gpus-per-worker ask Ray for resources: add --ray (e.g. --ray auto)")
-    if workers > 1 or gpus is not None:
-        from sweeper.launchers.local import parse_gpus
-
-        threads_per_worker(workers, threads)  # a bad --threads or --gpus stops us before the study exists
-        parse_gpus(gpus)
-    else:
-        set_threads(threads)  # trials train in this process
-    spec = create(study_file, trials=trials, storage=storage, tracking=tracking, allow_changed=allow_changed)
-    url, uri = storage_url(storage), tracking_uri(tracking)
-    if workers > 1 or gpus is not None:
-        from sweeper.launchers.local import run_workers
-
-        run_workers(spec.name, url, uri, workers, gpus, population=population, threads=threads)
-    else:
-        from sweeper.workers.worker import run_worker
-
-        run_worker(spec.name, url, uri, progress=progress, population=population, reproducible=True)
-    return finish(spec.name, storage=url, tracking=uri, score_test=score_test, threads=threads)
+    settings = RunSettings(
+        storage=storage or "",
+        tracking=tracking,
+        trials=trials,
+        allow_changed=allow_changed,
+        population=population,
+        workers=workers,
+        gpus=gpus,
+        threads=threads,
+        ray=ray,
+        cpus_per_worker=cpus_per_worker,
+        gpus_per_worker=gpus_per_worker,
+        progress=progress,
+        score_test=score_test,
+    )
+    spec = _load(study_file)
+    with launcher(settings) as run_workers:
+        _create(spec, settings)
+        run_workers(spec.name)
+    return _finish(spec.name, settings)
 
 
 def finish(
@@ -106,7 +95,12 @@ def finish(
     leaves the end steps for later (only the dashboard is logged). ``require_done``: a study whose budget is
     not met yet is a ``StudyError`` (``sweeper finish``) rather than a report.
     """
-    storage, tracking = storage_url(storage), tracking_uri(tracking)
+    settings = RunSettings(storage=storage or "", tracking=tracking, threads=threads, score_test=score_test)
+    return _finish(study_name, settings, require_done=require_done)
+
+
+def _finish(study_name: str, settings: RunSettings, *, require_done: bool = False) -> StudyReport:
+    storage, tracking = settings.storage, settings.tracking
     record = StudyRecord.open(study_name, storage, wait=True)  # the workers rode out an outage: so does launch
     if require_done and not record.done:
         raise StudyError(
@@ -114,10 +108,10 @@ def finish(
             f"run once the budget is met; run workers first ('sweeper worker {study_name}')"
         )
     # stopped early (Ctrl-C, SIGTERM): the test split is scored once, when the study is done
-    if score_test and record.done:
+    if settings.score_test and record.done:
         from sweeper.finish import end_study
 
-        with threads_for_a_while(threads):
+        with threads_for_a_while(settings.threads):
             end_study(record, tracking=tracking, wait=True, who="sweeper")
     else:
         _log_dashboard(record, tracking)
@@ -136,10 +130,18 @@ def create(
 
     Workers started elsewhere (``sweeper worker NAME``) then join it through the storage.
     """
-    spec = study_file if isinstance(study_file, StudySpec) else load_spec(study_file)
-    if trials is not None and trials < 1:
-        raise SpecError(f"--trials must be >= 1, but got {trials}")
-    url, uri = storage_url(storage), tracking_uri(tracking)
+    settings = RunSettings(storage=storage or "", tracking=tracking, trials=trials, allow_changed=allow_changed)
+    spec = _load(study_file)
+    _create(spec, settings)
+    return spec
+
+
+def _load(study_file: str | Path | StudySpec) -> StudySpec:
+    return study_file if isinstance(study_file, StudySpec) else load_spec(study_file)
+
+
+def _create(spec: StudySpec, settings: RunSettings) -> None:
+    url, uri = settings.storage, settings.tracking
     _preflight(spec)
     problem = None
     if uri:
@@ -149,7 +151,7 @@ def create(
         problem = server_problem(uri)
         if problem is None:  # a name taken by a study in another database: refused before this one exists
             check_experiment_storage(uri, spec.name, url)
-    record = StudyRecord.create(spec, url, trials, allow_changed)
+    record = StudyRecord.create(spec, url, settings.trials, settings.allow_changed)
     if uri:
         from sweeper.tracking.study_run import setup_study_run
 
@@ -157,7 +159,6 @@ def create(
             setup_study_run(uri, record, url)
         else:  # tracking is an edge: the study runs, its results are in the study database
             log.warning("MLflow tracking at %s %s; the study runs without tracking", mask_url(uri), problem)
-    return spec
 
 
 def _preflight(spec: StudySpec) -> None:
@@ -180,12 +181,13 @@ def refit(
 ) -> dict[str, Any] | None:
     """The best trial's settings trained again on train + validation, scored once on test (beside, never instead
     of, the selected trial's score; ``sweeper.best.refit_best``); ``None`` while no trial is complete."""
-    with threads_for_a_while(threads):
+    settings = RunSettings(storage=storage or "", tracking=tracking, threads=threads)
+    with threads_for_a_while(settings.threads):
         try:
-            return refit_best(study_name, storage=storage, tracking=tracking)
+            return refit_best(study_name, storage=settings.storage, tracking=settings.tracking)
         except TrackingError as e:  # the result is stored: the model waits for 'sweeper finish'
             log.warning("%s; the refit's result is in the study database ('sweeper finish %s' logs it)", e, study_name)
-            return report(study_name, storage=storage).refit
+            return report(study_name, storage=settings.storage).refit
 
 
 def report(study_name: str, *, storage: str | None = None) -> StudyReport:
@@ -216,12 +218,12 @@ def join(
     """
     from sweeper.workers.worker import run_worker
 
-    _check_population(population)
-    set_threads(threads)
-    url, uri = storage_url(storage), tracking_uri(tracking)
-    n = run_worker(
-        study_name, url, uri, worker_id, progress=progress, device=device, population=population, trial_lines=True
+    settings = RunSettings(
+        storage=storage or "", tracking=tracking, population=population, threads=threads, progress=progress
     )
+    set_threads(settings.worker_threads)
+    url, uri = settings.storage, settings.tracking
+    n = run_worker(study_name, settings, worker_id=worker_id, device=device, trial_lines=True)
     record = StudyRecord.open(study_name, url, wait=True)
     if record.done and end_steps:  # the last trial's worker, or a later one if that one died mid-way
         from sweeper.finish import end_study
@@ -230,11 +232,6 @@ def join(
     elif n and not record.done:  # a stopped worker shows the study so far; a worker that ran nothing leaves it
         _log_dashboard(record, uri)
     return n
-
-
-def _check_population(population: int | None) -> None:
-    if population is not None and population < 1:
-        raise SpecError(f"--population must be >= 1 (trials trained together), but got {population}")
 
 
 def _log_dashboard(record: StudyRecord, uri: str | None) -> None:
@@ -254,7 +251,6 @@ __all__ = [
     "join",
     "launch",
     "list_studies",
-    "n_finished",
     "refit",
     "report",
     "score_best_on_test",

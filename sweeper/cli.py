@@ -19,7 +19,7 @@ from sweeper.cli_options import (
     threads_opt,
     tracking_opt,
 )
-from sweeper.cli_report import best_json, print_best, print_report
+from sweeper.cli_report import best_json, print_best, print_refit, print_report
 
 
 @click.group()
@@ -35,7 +35,7 @@ def main(verbose: bool) -> None:
 @population_opt
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
+    type=int,
     default=1,
     show_default=True,
     help="Worker processes on this machine (Ray tasks with --ray); they share the trial budget.",
@@ -53,12 +53,12 @@ def main(verbose: bool) -> None:
 )
 @click.option(
     "--cpus-per-worker",
-    type=click.FloatRange(min=0, min_open=True),
+    type=float,
     help="With --ray: CPUs Ray reserves for each worker [default: 1].",
 )
 @click.option(
     "--gpus-per-worker",
-    type=click.FloatRange(min=0),
+    type=float,
     help="With --ray: GPUs for each worker, e.g. 1, or 0.25 for four workers per GPU [default: 0, the CPU].",
 )
 @errors
@@ -204,7 +204,7 @@ def status(study_name: str | None, storage: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @errors
 def best(study_name: str, storage: str | None, as_json: bool) -> None:
-    """The best trial's parameters, value and test score."""
+    """The best trial's parameters, value and test score, and the MLflow URIs of its models."""
     from sweeper import api
 
     rep = api.report(study_name, storage=storage)
@@ -223,20 +223,15 @@ def best(study_name: str, storage: str | None, as_json: bool) -> None:
 @threads_opt
 @errors
 def refit(study_name: str, storage: str | None, tracking_uri: str | None, threads: int | None) -> None:
-    """Train the best trial's settings again on train + validation and score it once on test."""
+    """Train the best trial's settings again on train + validation and score it once on test (a refit already
+    stored, e.g. by the study's end steps, is shown as it is)."""
     from sweeper import api
 
+    stored = api.report(study_name, storage=storage).refit
     result = api.refit(study_name, storage=storage, tracking=tracking_uri, threads=threads)
     if result is None:
         raise UserError(f"study {study_name!r} has no completed trial yet")
-    rep = api.report(study_name, storage=storage)
-    click.echo(
-        f"trial #{result['trial']}'s settings refit on train + validation ({result['train_size']} samples, "
-        f"{result['epochs']} epochs): test accuracy {result['test_accuracy']:.4f} (it fits its own training data "
-        f"at {result.get('fit_accuracy', float('nan')):.4f})"
-    )
-    if rep.test:
-        click.echo(f"  the selected trial's own network: test accuracy {rep.test['test_accuracy']:.4f}")
+    print_refit(result, api.report(study_name, storage=storage), stored=result == stored)
 
 
 @main.command()

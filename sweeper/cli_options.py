@@ -1,4 +1,7 @@
-"""The ``sweeper`` command's plumbing: its shared options, user errors as exit 2, and its log lines."""
+"""The ``sweeper`` command's plumbing: its shared options, user errors as exit 2, and its log lines.
+
+Options are parsed here, and checked once, by the API (``sweeper.settings.RunSettings``): a bad value is a
+``SpecError`` naming it, exit 2 like click's own usage errors."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 
 import click
 
-from sweeper.errors import SweeperError
+from sweeper.errors import SweeperError, causes
 
 
 class UserError(click.ClickException):
@@ -35,14 +38,8 @@ def errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _sweeper_cause(e: BaseException | None) -> SweeperError | None:
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, SweeperError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
+def _sweeper_cause(e: BaseException) -> SweeperError | None:
+    return next((c for c in causes(e) if isinstance(c, SweeperError)), None)
 
 
 storage_opt = click.option(
@@ -55,13 +52,13 @@ tracking_opt = click.option(
 )
 threads_opt = click.option(
     "--threads",
-    type=click.IntRange(min=1),
+    type=int,
     help="torch (OpenMP/MKL) threads per worker [default: launch --workers N gives each worker cores/N; "
     "otherwise OMP_NUM_THREADS or every core].",
 )
 population_opt = click.option(
     "--population",
-    type=click.IntRange(min=1),
+    type=int,
     help="Train this many trials at once, stacked on one device (built-in mlp) [default: train.population, 1].",
 )
 
@@ -71,7 +68,7 @@ def study_file_opts(fn: Callable[..., Any]) -> Callable[..., Any]:
     for opt in reversed(
         [
             click.argument("study_file", type=click.Path(dir_okay=False)),
-            click.option("--trials", type=click.IntRange(min=1), help="Budget of finished trials (overrides file)."),
+            click.option("--trials", type=int, help="Budget of finished trials (overrides file)."),
             storage_opt,
             tracking_opt,
             click.option("--allow-changed-spec", is_flag=True, help="Resume a study even if its study file changed."),

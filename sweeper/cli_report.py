@@ -19,7 +19,7 @@ def print_report(rep: StudyReport) -> None:
     if rep.test:
         click.echo(f"  best trial's test accuracy {rep.test['test_accuracy']:.4f}")
     if rep.refit:
-        click.echo(f"  refit on train + validation: test accuracy {rep.refit['test_accuracy']:.4f} (sweeper refit)")
+        click.echo(f"  its settings refit on train + validation: test accuracy {rep.refit['test_accuracy']:.4f}")
     _echo_end(rep)
 
 
@@ -33,13 +33,33 @@ def print_best(rep: StudyReport) -> None:
         click.echo(f"  test accuracy        {rep.test['test_accuracy']:.4f}  ({how}; once, not used for selection)")
     if rep.refit:
         click.echo(f"  refit test accuracy  {rep.refit['test_accuracy']:.4f}  (its settings trained on train + val)")
+    for kind, uri in rep.model_uris().items():  # mlflow.pytorch.load_model(uri), on the study's tracking store
+        click.echo(f"  {kind + ' model':<20} {uri}")
     _echo_end(rep)
+
+
+def print_refit(result: dict[str, Any], rep: StudyReport, stored: bool) -> None:
+    """``sweeper refit``: the refit's test score beside the selected network's; whether it was stored already."""
+    click.echo(
+        f"trial #{result['trial']}'s settings refit on train + validation ({result['train_size']} samples, "
+        f"{result['epochs']} epochs): test accuracy {result['test_accuracy']:.4f} (it fits its own training data "
+        f"at {result.get('fit_accuracy', float('nan')):.4f})"
+    )
+    if rep.test:
+        click.echo(f"  the selected trial's own network: test accuracy {rep.test['test_accuracy']:.4f}")
+    if stored:
+        click.echo(
+            "  this is the stored refit: it is trained once per best trial, with that trial's seed, so training it "
+            "again gives the same network; a study given more trials ('sweeper launch STUDY_FILE --trials N') "
+            "refits its new best trial"
+        )
 
 
 def best_json(rep: StudyReport) -> dict[str, Any]:
     """``sweeper best --json``."""
     return {"study": rep.name, "trial": rep.best_trial, "value": rep.best_value, "params": rep.best_params,
-            "test": rep.test, "refit": rep.refit, "end": rep.end}  # fmt: skip
+            "test": rep.test, "refit": rep.refit, "end": rep.end, "run_id": rep.run_id,
+            "models": rep.model_uris()}  # fmt: skip
 
 
 def _echo_end(rep: StudyReport) -> None:

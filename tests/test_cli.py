@@ -36,6 +36,7 @@ def test_launch_status_best(study_file: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert "dropout.input" in out["params"] and 0 < out["test"]["test_accuracy"] <= 1
+    assert out["models"] == {} and out["run_id"] is None  # tracking off: no MLflow run, no model to load
 
 
 def test_defaults_are_sqlite_files_in_the_working_directory(study_file: Path, tmp_path: Path) -> None:

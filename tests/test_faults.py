@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 from conftest import PrivatePostgres, tiny_spec_dict
 from sweeper import api
 from sweeper.launchers.local import start_workers, worker_env
+from sweeper.settings import RunSettings
 from sweeper.study.spec import parse_spec
 from sweeper.study.storage import make_storage
 from sweeper.workers.worker import run_worker
@@ -106,7 +107,7 @@ def _mid_trial(url: str) -> Callable[[], FrozenTrial | None]:
 
 
 def _one_worker(name: str, url: str, tracking: str = "") -> subprocess.Popen[bytes]:
-    return start_workers(name, url, tracking, 1, "none")[0]
+    return start_workers(name, RunSettings(storage=url, tracking=tracking, gpus="none"))[0]
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -127,7 +128,8 @@ def test_killed_worker_trial_is_failed_by_heartbeat_and_retried(pg_db: str) -> N
         _stop(proc)
 
     start = time.monotonic()
-    run_worker("killed", pg_db, None, worker_id=1)  # the survivor fails the stale trial and runs its retry
+    # the survivor fails the stale trial and runs its retry
+    run_worker("killed", RunSettings(storage=pg_db, tracking=""), worker_id=1)
     assert time.monotonic() - start < 180
 
     trials = _study(pg_db).get_trials()
@@ -151,7 +153,7 @@ def test_sigterm_stops_worker_cleanly_and_queues_its_trial(
     # ~0.1 s an epoch: the signal lands mid-trial, well before its 30th epoch
     spec = parse_spec(tiny_spec_dict("term", trials=budget, train={"epochs": 30, "batch_size": 8}, space=SAFE))
     api.create(spec, storage=url, tracking=tracking_uri)
-    proc = start_workers("term", url, tracking_uri, 1, "none", population)[0]
+    proc = start_workers("term", RunSettings(storage=url, tracking=tracking_uri, gpus="none", population=population))[0]
     try:
         _wait_for("a trial mid-training", _mid_trial(url))
         proc.send_signal(signal.SIGTERM)
@@ -176,7 +178,8 @@ def test_sigterm_stops_worker_cleanly_and_queues_its_trial(
         assert [r.info.status for r in runs] == ["FAILED"]
         assert "SIGTERM" in runs[0].data.tags["sweeper.end_reason"]
 
-    run_worker("term", url, None, population=population)  # the next worker takes the queued trials as they were
+    # the next worker takes the queued trials as they were
+    run_worker("term", RunSettings(storage=url, tracking="", population=population))
     trials = _study(url).get_trials()
     done = [t for t in trials if t.state in FINISHED]
     assert len(done) == budget
@@ -399,7 +402,7 @@ def test_unreachable_mlflow_warns_once_and_training_goes_on(
     down = f"http://127.0.0.1:{_closed_port()}"  # ... but the worker's tracking server is down
     start = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="sweeper"):
-        run_worker("nomlflow", url, down)
+        run_worker("nomlflow", RunSettings(storage=url, tracking=down))
     assert time.monotonic() - start < 60  # no minutes of HTTP retries, no waiting for the server at the end
     warnings = [r.getMessage() for r in caplog.records if r.name.startswith("sweeper") and "MLflow" in r.getMessage()]
     assert len([w for w in warnings if "does not answer" in w and "kept" in w]) == 1, warnings  # not one a trial
@@ -451,7 +454,7 @@ def test_tracking_uri_that_is_not_mlflow_is_one_warning_and_the_study_runs(
     api.create(parse_spec(tiny_spec_dict("web2", trials=2)), storage=url, tracking=tracking_uri)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="sweeper"):
-        assert run_worker("web2", url, not_mlflow) == 2
+        assert run_worker("web2", RunSettings(storage=url, tracking=not_mlflow)) == 2
     warnings = [r.getMessage() for r in caplog.records if r.name.startswith("sweeper") and r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "not an MLflow tracking server" in warnings[0], warnings
     assert "s3cret" not in result.output + warnings[0] and "sweeper:***@" in warnings[0]
@@ -521,7 +524,7 @@ def test_diverging_trial_is_pruned_with_its_reason(tmp_path: Path) -> None:
     space = {"lr_scale": 1e12, "max_norm": False, "batch_norm": False}
     spec = parse_spec(tiny_spec_dict("diverge", trials=2, space=space))
     api.create(spec, storage=url, tracking="")
-    run_worker("diverge", url, None)
+    run_worker("diverge", RunSettings(storage=url, tracking=""))
     trials = _study(url).get_trials()
     assert [t.state for t in trials] == [TrialState.PRUNED, TrialState.PRUNED]
     assert all("loss became" in t.user_attrs["end_reason"] for t in trials)
@@ -549,7 +552,7 @@ def test_out_of_memory_trial_fails_with_reason_and_worker_goes_on(tmp_path: Path
     url = f"sqlite:///{tmp_path}/study.db"
     d = tiny_spec_dict("oom", trials=3, network={"type": "python", "factory": "oom_net.py:build", "hidden_layers": 1})
     api.create(parse_spec(d, base_dir=tmp_path), storage=url, tracking="")
-    run_worker("oom", url, None)
+    run_worker("oom", RunSettings(storage=url, tracking=""))
     trials = _study(url).get_trials()
     assert [t.state for t in trials][:2] == [TrialState.COMPLETE, TrialState.FAIL]
     assert "OutOfMemoryError" in trials[1].user_attrs["end_reason"]

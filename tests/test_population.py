@@ -281,14 +281,15 @@ def test_benchmark_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
 def test_two_population_workers_share_the_budget_exactly(pg_url: str) -> None:
     import threading
 
+    from sweeper.settings import RunSettings
     from sweeper.workers.worker import run_worker
 
     spec = parse_spec(tiny_spec_dict("two", trials=5, train={"epochs": 1}))
     api.create(spec, trials=5, storage=pg_url, tracking="")
     ran: list[int] = []
+    settings = RunSettings(storage=pg_url, tracking="", population=3)
     workers = [
-        threading.Thread(target=lambda i=i: ran.append(run_worker("two", pg_url, None, worker_id=i, population=3)))
-        for i in range(2)
+        threading.Thread(target=lambda i=i: ran.append(run_worker("two", settings, worker_id=i))) for i in range(2)
     ]
     for w in workers:
         w.start()

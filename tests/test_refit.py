@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -37,7 +38,14 @@ def test_refit_trains_on_train_and_validation_and_logs_a_model_for_raw_inputs(
     n = len(data.train.y) + len(data.val.y)
     assert f"refit on train + validation ({n} samples, 2 epochs)" in out.output
     assert f"the selected trial's own network: test accuracy {rep.test['test_accuracy']:.4f}" in out.output
+    assert "this is the stored refit" in out.output and "--trials N" in out.output  # not a new one: it says so
     record = StudyRecord.open("refit", storage)
+    # ``sweeper best`` names the models a user loads, in its text and its JSON
+    uris = {k: f"runs:/{record.parent_run_id}/{k}_model" for k in ("best", "refit")}
+    shown = CliRunner().invoke(main, ["best", "refit", "--storage", storage])
+    assert shown.exit_code == 0 and all(u in shown.output for u in uris.values()), shown.output
+    shown = CliRunner().invoke(main, ["best", "refit", "--storage", storage, "--json"])
+    assert json.loads(shown.output)["models"] == uris, shown.output
     result = record.result("refit")
     assert result == rep.refit and result["train_size"] == n  # the command gave the launch's refit, not a new one
     assert result["fit_accuracy"] > rep.test["val_accuracy"] - 0.05  # it trained as well as the selected network
@@ -47,7 +55,7 @@ def test_refit_trains_on_train_and_validation_and_logs_a_model_for_raw_inputs(
     assert run.data.tags["refit_trial"] == str(rep.best_trial)
     raw_x, y = load_raw_splits(spec.data, spec.seed, spec.base_dir).test
     mlflow.set_tracking_uri(uri)
-    model = mlflow.pytorch.load_model(f"runs:/{record.parent_run_id}/refit_model")
+    model = mlflow.pytorch.load_model(uris["refit"])
     with torch.no_grad():
         pred = model(torch.from_numpy(raw_x)).argmax(-1)
     assert (pred == torch.from_numpy(y)).float().mean().item() == pytest.approx(result["test_accuracy"])

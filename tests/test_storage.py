@@ -34,3 +34,14 @@ def test_heartbeat_settings_reach_optuna(tmp_path: Any) -> None:
 def test_a_bad_url_is_still_blamed_on_the_url() -> None:
     with pytest.raises(StudyError, match="invalid study database URL"):
         make_storage("nosuchdb://x/y")
+
+
+def test_every_storage_method_of_optuna_is_retried() -> None:
+    """``retry.RETRIED`` lists Optuna's storage API by hand: a method a new Optuna adds must not go unretried."""
+    import optuna
+
+    from sweeper.study.retry import RETRIED
+
+    written_out = {"create_new_trial", "set_trial_state_values"}
+    api = {n for n in dir(optuna.storages.BaseStorage) if not n.startswith("_")}
+    assert api - written_out == set(RETRIED), "add Optuna's new storage methods to sweeper.study.retry.RETRIED"

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from conftest import tiny_spec_dict
 from sweeper.cli import main
-from sweeper.launchers.local import cpu_cores, threads_per_worker, worker_env
+from sweeper.launchers.local import worker_env
+from sweeper.settings import cpu_cores, threads_per_worker
 
 # A network factory that records, in the process that trains the trial, how many threads torch uses.
 RECORDING_NET = """

@@ -16,7 +16,8 @@ from conftest import tiny_spec_dict
 from sweeper import api
 from sweeper.cli import main
 from sweeper.errors import SpecError
-from sweeper.launchers.local import parse_gpus, run_workers, warn_sqlite
+from sweeper.launchers.local import run_workers, warn_sqlite
+from sweeper.settings import RunSettings, parse_gpus
 from sweeper.study.spec import parse_spec
 from sweeper.study.storage import make_storage
 from sweeper.study.urls import normalize_url
@@ -62,7 +63,7 @@ def test_four_workers_share_one_budget_on_postgresql(pg_url: str, mlflow_server:
     spec = parse_spec(tiny_spec_dict("four", trials=budget, sampler={"type": "random"}, train={"batch_size": 32}))
     api.create(spec, storage=pg_url, tracking=mlflow_server)
 
-    codes = run_workers("four", pg_url, mlflow_server, 4, "none")
+    codes = run_workers("four", RunSettings(storage=pg_url, tracking=mlflow_server, workers=4, gpus="none"))
 
     assert codes == [0, 0, 0, 0]
     study = optuna.load_study(study_name="four", storage=make_storage(pg_url))

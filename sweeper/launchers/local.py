@@ -12,6 +12,7 @@ core and N workers would run N x cores threads on the cores.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -19,29 +20,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sweeper.errors import SpecError
+from sweeper.settings import RunSettings
 from sweeper.signals import on_stop_signals
 from sweeper.study.urls import normalize_url
 
+log = logging.getLogger("sweeper")
 _warned: set[str] = set()
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # read by torch when a worker process starts
-
-
-def cpu_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which a container or taskset narrows)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def threads_per_worker(workers: int, threads: int | None = None) -> int:
-    """Intra-op threads for each of ``workers`` processes: ``threads`` if given, else an even share of the cores."""
-    if threads is not None:
-        if threads < 1:
-            raise SpecError(f"--threads must be >= 1 (torch threads per worker), but got {threads}")
-        return threads
-    return max(1, cpu_cores() // max(1, workers))
 
 
 def set_threads(threads: int | None) -> None:
@@ -49,7 +34,7 @@ def set_threads(threads: int | None) -> None:
     if threads is not None:
         import torch
 
-        torch.set_num_threads(threads_per_worker(1, threads))
+        torch.set_num_threads(threads)
 
 
 @contextmanager
@@ -65,36 +50,14 @@ def threads_for_a_while(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def parse_gpus(gpus: str | None) -> list[str]:
-    """GPU ids to pin workers to, round-robin: ``all`` (default) every visible GPU, ``none`` the CPU, or ``0,2``."""
-    choice = (gpus or "all").strip().lower()
-    if choice == "none":
-        return []
-    import torch
-
-    count = torch.cuda.device_count()
-    if choice == "all":
-        return [str(i) for i in range(count)]
-    ids = [g.strip() for g in choice.split(",") if g.strip()]
-    if not ids or not all(g.isdigit() for g in ids):
-        raise SpecError(f"--gpus takes 'all', 'none' or GPU ids like '0,2', but got {gpus!r}")
-    missing = [g for g in ids if int(g) >= count]
-    if missing:
-        raise SpecError(
-            f"--gpus {gpus!r} names GPU {', '.join(missing)} but this machine has {count} "
-            f"(ids 0..{count - 1}); use '--gpus all' or '--gpus none'"
-        )
-    return ids
-
-
 def warn_sqlite(storage: str, workers: int) -> None:
     """Several writers on one SQLite file take turns on its lock; say so once."""
     if workers > 1 and storage.startswith("sqlite") and "sqlite" not in _warned:
         _warned.add("sqlite")
-        print(
-            f"warning: {workers} workers on SQLite take turns writing the study file; it works on one machine "
+        log.warning(
+            "%d workers on SQLite take turns writing the study file; it works on one machine "
             "but for many workers use PostgreSQL (--storage postgresql://user@host/db)",
-            file=sys.stderr,
+            workers,
         )
 
 
@@ -109,39 +72,27 @@ def worker_env(storage: str, tracking: str | None, gpu: str | None, threads: int
     return env
 
 
-def start_workers(
-    study_name: str,
-    storage: str,
-    tracking: str | None,
-    workers: int,
-    gpus: str | None = None,
-    population: int | None = None,
-    first_id: int = 0,
-    threads: int | None = None,
-) -> list[subprocess.Popen[bytes]]:
-    """Start the worker processes; worker ``i`` gets GPU ``ids[i % len(ids)]`` (several per GPU is fine).
+def start_workers(study_name: str, settings: RunSettings) -> list[subprocess.Popen[bytes]]:
+    """Start ``settings.workers`` processes; worker ``i`` gets GPU ``ids[i % len(ids)]`` (several per GPU is fine).
 
-    Each gets ``threads`` torch threads, by default its share of the cores (a user's OMP_NUM_THREADS wins
-    over the share; an explicit ``threads`` wins over both).
+    Each gets ``settings.worker_threads`` torch threads, by default its share of the cores (a user's
+    OMP_NUM_THREADS wins over the share; an explicit ``--threads`` wins over both).
     """
-    if workers < 1:
-        raise SpecError(f"--workers must be >= 1, but got {workers}")
-    share = threads_per_worker(workers, threads)
-    ids = parse_gpus(gpus)
-    warn_sqlite(storage, workers)
+    ids, share = settings.gpu_ids or (), settings.worker_threads
+    warn_sqlite(settings.storage, settings.workers)
     procs = []
-    for i in range(first_id, first_id + workers):
+    for i in range(settings.workers):
         gpu = ids[i % len(ids)] if ids else None
         # the end steps are the launcher's (``sweeper launch`` runs them after its workers)
         cmd = [sys.executable, "-m", "sweeper.cli", "worker", study_name, "--worker-id", str(i), "--no-progress",
                "--no-end-steps"]  # fmt: skip
         if gpu is None:
             cmd += ["--device", "cpu"]
-        if population:
-            cmd += ["--population", str(population)]
-        if threads is not None:
+        if settings.population:
+            cmd += ["--population", str(settings.population)]
+        if settings.threads is not None:
             cmd += ["--threads", str(share)]
-        procs.append(subprocess.Popen(cmd, env=worker_env(storage, tracking, gpu, share)))
+        procs.append(subprocess.Popen(cmd, env=worker_env(settings.storage, settings.tracking, gpu, share)))
     return procs
 
 
@@ -168,18 +119,10 @@ def wait_workers(procs: list[subprocess.Popen[bytes]], grace: float = 30.0) -> l
     return [p.returncode for p in procs]
 
 
-def run_workers(
-    study_name: str,
-    storage: str,
-    tracking: str | None,
-    workers: int,
-    gpus: str | None = None,
-    population: int | None = None,
-    threads: int | None = None,
-) -> list[int]:
-    """Run ``workers`` processes on the study until its budget is met; their exit codes."""
-    codes = wait_workers(start_workers(study_name, storage, tracking, workers, gpus, population, threads=threads))
+def run_workers(study_name: str, settings: RunSettings) -> list[int]:
+    """Run the worker processes on the study until its budget is met; their exit codes."""
+    codes = wait_workers(start_workers(study_name, settings))
     bad = [f"worker {i}: exit {c}" for i, c in enumerate(codes) if c != 0]
     if bad:
-        print(f"warning: {len(bad)} worker(s) failed ({'; '.join(bad)}); see their output above", file=sys.stderr)
+        log.warning("%d worker(s) failed (%s); see their output above", len(bad), "; ".join(bad))
     return codes

@@ -12,14 +12,16 @@ URLs travel as task arguments, never in a runtime environment or a log line.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
 from types import ModuleType
 from typing import Any
 
-from sweeper.errors import SpecError
-from sweeper.launchers.ray_cluster import check_resources, first_line, init
+from sweeper.errors import SpecError, first_line
+from sweeper.launchers.ray_cluster import init
+from sweeper.settings import RunSettings
 from sweeper.study.urls import mask_url
 
 log = logging.getLogger("sweeper")
@@ -46,23 +48,23 @@ class RayWorkers:
     Use it as a context manager: a Ray started here is stopped at the end.
     """
 
-    def __init__(self, ray: ModuleType, address: str, owned: bool, resources: dict[str, float]) -> None:
-        self.ray, self.address, self.owned, self.resources = ray, address, owned, resources
+    def __init__(self, ray: ModuleType, address: str, owned: bool, settings: RunSettings) -> None:
+        self.ray, self.address, self.owned, self.settings = ray, address, owned, settings
+        assert settings.cpus_per_worker is not None and settings.gpus_per_worker is not None, "set with --ray"
+        self.resources = {"num_cpus": settings.cpus_per_worker, "num_gpus": settings.gpus_per_worker}
 
     # -- connect and check ---------------------------------------------------------------------------
     @classmethod
-    def connect(
-        cls, address: str | None, storage: str, tracking: str | None, workers: int, cpus: float, gpus: float
-    ) -> RayWorkers:
-        check_resources(workers, cpus, gpus)
+    def connect(cls, settings: RunSettings) -> RayWorkers:
+        """Connect to the cluster at ``settings.ray`` (the settings were checked when they were made)."""
         ray = import_ray()
-        address = (address or "").strip()
+        address = (settings.ray or "").strip()
         owned = not ray.is_initialized()  # a caller's own connection is left as it is
         if owned:
             init(ray, address)  # with the checks of sweeper.launchers.ray_cluster: reachable, token accepted
-        self = cls(ray, address or "local", owned, {"num_cpus": cpus, "num_gpus": gpus})
+        self = cls(ray, address or "local", owned, settings)
         try:
-            self._check(storage, tracking, workers, cpus, gpus)
+            self._check()
         except BaseException:
             self.close()
             raise
@@ -71,7 +73,9 @@ class RayWorkers:
     def nodes(self) -> list[dict[str, Any]]:
         return [n for n in self.ray.nodes() if n.get("Alive")]
 
-    def _check(self, storage: str, tracking: str | None, workers: int, cpus: float, gpus: float) -> None:
+    def _check(self) -> None:
+        storage, tracking, workers = self.settings.storage, self.settings.tracking, self.settings.workers
+        cpus, gpus = self.resources["num_cpus"], self.resources["num_gpus"]
         nodes = self.nodes()
         shared = len(nodes) > 1 or self.address.startswith("ray://")  # a Ray client runs off the cluster
         files = [f"the study database {mask_url(storage)}"] if storage.startswith("sqlite") else []
@@ -119,17 +123,8 @@ class RayWorkers:
             return self.address
 
     # -- run -------------------------------------------------------------------------------------------
-    def run(
-        self,
-        study_name: str,
-        storage: str,
-        tracking: str | None,
-        workers: int,
-        population: int | None = None,
-        threads: int | None = None,
-        progress: bool = False,
-    ) -> list[int]:
-        """Run ``workers`` Ray tasks on the study until its budget is met; how many trials each ran.
+    def run(self, study_name: str) -> list[int]:
+        """Run ``settings.workers`` Ray tasks on the study until its budget is met; how many trials each ran.
 
         SIGTERM or Ctrl-C here cancels every task, which Ray delivers as SIGINT to the worker: it stops
         within a training step and queues its trial again, as a local worker does. A second signal (after
@@ -137,23 +132,19 @@ class RayWorkers:
         """
         from sweeper.workers.shutdown import Shutdown
 
-        ray = self.ray
-        gpus = self.resources["num_gpus"]
+        ray, settings = self.ray, self.settings
         task = ray.remote(sweeper_worker).options(
             **self.resources, max_retries=RETRIES, retry_exceptions=False, scheduling_strategy="SPREAD"
         )
-        settings = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED) and k not in _URLS}
-        args = (
-            _absolute(storage),
-            _absolute(tracking) if tracking else tracking,
-            "cuda" if gpus > 0 else "cpu",
-            population,
-            threads or max(1, int(self.resources["num_cpus"])),
-            settings,
+        env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED) and k not in _URLS}
+        storage, tracking = settings.storage, settings.tracking
+        # the launching process shows the bar; a task's working folder is not the launch folder
+        worker = dataclasses.replace(
+            settings, storage=_absolute(storage), tracking=_absolute(tracking) if tracking else tracking, progress=False
         )
-        log.info("starting %d Ray worker(s), each %s", workers, _asks(self.resources))
-        refs = [task.remote(study_name, i, *args) for i in range(workers)]
-        bar = _StudyProgress(study_name, storage) if progress else None
+        log.info("starting %d Ray worker(s), each %s", settings.workers, _asks(self.resources))
+        refs = [task.remote(study_name, i, worker, env) for i in range(settings.workers)]
+        bar = _StudyProgress(study_name, storage) if settings.progress else None
         try:
             with Shutdown() as stop:
                 try:
@@ -211,16 +202,7 @@ class RayWorkers:
         self.close()
 
 
-def sweeper_worker(
-    study_name: str,
-    worker_id: int,
-    storage: str,
-    tracking: str | None,
-    device: str,
-    population: int | None,
-    threads: int,
-    settings: dict[str, str],
-) -> int:
+def sweeper_worker(study_name: str, worker_id: int, settings: RunSettings, env: dict[str, str]) -> int:
     """The body of one Ray task: a sweeper worker, labelled with the Ray node and GPU it got."""
     import optuna
     import ray
@@ -228,16 +210,18 @@ def sweeper_worker(
 
     from sweeper.workers.worker import run_worker
 
-    os.environ.update(settings)
+    os.environ.update(env)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # as in `sweeper worker`: no line per finished trial
-    torch.set_num_threads(threads)
+    if settings.worker_threads is not None:
+        torch.set_num_threads(settings.worker_threads)
     gpu_ids = ",".join(str(g) for g in ray.get_gpu_ids())
     labels = {
         "node": ray.get_runtime_context().get_node_id(),
         "node_ip": ray.util.get_node_ip_address(),
         "gpu": gpu_ids or "none",
     }
-    return run_worker(study_name, storage, tracking, worker_id, device=device, population=population, labels=labels)
+    device = "cuda" if settings.gpus_per_worker else "cpu"
+    return run_worker(study_name, settings, worker_id=worker_id, device=device, labels=labels)
 
 
 class _StudyProgress:
@@ -286,4 +270,4 @@ def _asks(resources: dict[str, float]) -> str:
     return f"{resources['num_cpus']:g} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus else ", no GPU")
 
 
-__all__ = ["RETRIES", "RayWorkers", "check_resources", "import_ray", "sweeper_worker"]
+__all__ = ["RETRIES", "RayWorkers", "import_ray", "sweeper_worker"]

@@ -21,25 +21,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
 
-from sweeper.errors import SpecError, StudyError
+from sweeper.errors import SpecError, StudyError, causes, first_line
 
 log = logging.getLogger("sweeper")
 
 LOCAL = ("", "local")  # --ray with no address: start a Ray for this machine, stopped at the end
 TOKEN_HELP = "`ray get-auth-token` on the head node prints the cluster's token"
-
-
-def check_resources(workers: int, cpus: float, gpus: float) -> None:
-    """What one worker asks Ray for, checked before anything starts (Ray's own rules for quantities)."""
-    if workers < 1:
-        raise SpecError(f"--workers must be >= 1, but got {workers}")
-    for name, value, low in (("--cpus-per-worker", cpus, "> 0"), ("--gpus-per-worker", gpus, ">= 0")):
-        if value < 0 or (value == 0 and name == "--cpus-per-worker"):
-            raise SpecError(f"{name} must be {low}, but got {value:g}")
-        if value > 1 and value != int(value):
-            raise SpecError(
-                f"{name} above 1 must be a whole number (Ray shares only fractions of one), but got {value:g}"
-            )
 
 
 def init(ray: ModuleType, address: str) -> None:
@@ -175,20 +162,9 @@ def quiet_ray() -> Iterator[None]:
         ray_log.setLevel(level)
 
 
-def _refused_token(e: BaseException | None) -> bool:
+def _refused_token(e: BaseException) -> bool:
     """Whether Ray's error (or what caused it) is a refused or missing authentication token."""
-    seen: set[int] = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if type(e).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(e):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+    return any(type(c).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(c) for c in causes(e))
 
 
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-__all__ = ["LOCAL", "check_resources", "check_token", "first_line", "init", "probe", "quiet_ray", "token_refused"]
+__all__ = ["LOCAL", "check_token", "init", "probe", "quiet_ray", "token_refused"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import optuna
 from sqlalchemy import exc as sa_exc
 
-from sweeper.errors import StudyError
+from sweeper.errors import StudyError, first_line
 
 # the server answered and said no: waiting will not change that
 _REFUSED = ("does not exist", "authentication failed", "no password supplied", "no pg_hba.conf entry")
@@ -75,18 +75,16 @@ def is_permanent(e: BaseException) -> bool:
     return err is not None and not is_transient(e) and not isinstance(err, sa_exc.IntegrityError | sa_exc.DataError)
 
 
-def first_line(e: BaseException) -> str:
-    """The driver's own words (Optuna wraps a failed commit in a message about invalid data)."""
+def driver_words(e: BaseException) -> str:
+    """The driver's own first line (Optuna wraps a failed commit in a message about invalid data)."""
     err = _dbapi_error(e) or e
-    err = getattr(err, "orig", None) or err
-    lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else type(err).__name__
+    return first_line(getattr(err, "orig", None) or err)[:200]
 
 
 def permanent(e: BaseException, where: str) -> DatabaseError:
     """One message for a permanent error: what failed, in which database, and the fix."""
     err = _dbapi_error(e)
-    text = first_line(e)
+    text = driver_words(e)
     fix = "check the database server's log"
     if err is not None and _is_sqlite(err):
         fix = next((f for words, f in _SQLITE_FIXES if words in text.lower()), "check the file")

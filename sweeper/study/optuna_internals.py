@@ -13,28 +13,30 @@ from contextlib import contextmanager
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 from sqlalchemy.orm import Session
 
 #: private methods that Optuna's ``_CachedStorage`` calls on its RDB backend (ask, suggest, best trial,
-#: stale-trial check): they need the same outage handling as the public ones (``sweeper.study.retry``)
+#: stale-trial check): they need the same outage handling as the public ones (``sweeper.study.retry``);
+#: its ``_create_new_trial`` goes to ``NewTrialRDBStorage.new_trial``
 CACHED_BACKEND_CALLS = (
     "_get_stale_trial_ids",
-    "_create_new_trial",
     "_set_trial_param",
     "_get_best_trial_id",
     "_get_trials",
 )
 
 
-def storage(study: optuna.Study) -> BaseStorage:
-    """The storage a study talks to (Optuna's cache in front of the database)."""
-    return study._storage
+class NewTrialRDBStorage(RDBStorage):
+    """An RDBStorage whose new trials are made by ``new_trial``, which a subclass overrides: Optuna's
+    ``create_new_trial`` and its cache (``_CachedStorage``) both make them in the private ``_create_new_trial``."""
 
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        return self.new_trial(study_id, template_trial)
 
-def study_id(study: optuna.Study) -> int:
-    return study._study_id
+    def new_trial(self, study_id: int, template_trial: FrozenTrial | None) -> FrozenTrial:
+        return super()._create_new_trial(study_id, template_trial)
 
 
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
@@ -138,7 +140,7 @@ def lock_trial(session: Session, trial_id: int) -> None:
 def add_trial(session: Session, rdb: RDBStorage, study_id: int, template: FrozenTrial | None) -> int:
     """Optuna's new trial (from ``template``, if any) in ``session``, the study's row locked; its id.
 
-    Optuna's ``_create_new_trial`` would commit it in a loop of its own that sends the insert again when a
+    Optuna's own ``new_trial`` would commit it in a loop of its own that sends the insert again when a
     commit fails, even one that landed: this is its body, one try, committed by the caller."""
     lock_study(session, study_id)
     trial = rdb._get_prepared_new_trial(study_id, template, session)

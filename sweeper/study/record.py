@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from sweeper.study.storage import make_storage
 from sweeper.study.strategy import make_pruner, make_sampler, sampler_seed
 from sweeper.study.urls import mask_url
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # the trials that count toward the budget
 
 _SPEC = "sweeper.spec"
 _BUDGET = "sweeper.budget"
@@ -50,6 +51,12 @@ class StudyReport:
     test: dict[str, Any] | None = None
     refit: dict[str, Any] | None = None  # the best trial's settings refit on train + val (``sweeper.best``)
     end: dict[str, Any] | None = None  # the end steps, once the budget is met: state "pending" / "running" / ...
+    run_id: str | None = None  # the study's MLflow run, which holds its models (None: tracking off)
+
+    def model_uris(self) -> dict[str, str]:
+        """MLflow URIs of the study run's models, once scored: ``best`` (the selected network) and ``refit``."""
+        scored = (("best", self.test), ("refit", self.refit)) if self.run_id else ()
+        return {kind: f"runs:/{self.run_id}/{kind}_model" for kind, result in scored if result}
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -189,10 +196,8 @@ class StudyRecord:
         return self.n_finished() >= self.budget
 
     def counts(self) -> dict[str, int]:
-        counts = {s.name.lower(): 0 for s in TrialState}
-        for t in self.study.get_trials(deepcopy=False):
-            counts[t.state.name.lower()] += 1
-        return counts
+        counts = count_states(self.study)
+        return {s.name.lower(): counts[s] for s in TrialState}
 
     def best_trial(self) -> FrozenTrial | None:
         if not self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -205,7 +210,7 @@ class StudyRecord:
         if best is not None:
             rep.best_value, rep.best_params, rep.best_trial = best.value, best.params, best.number
         rep.test, rep.refit = self.result("test", best), self.result("refit", best)
-        rep.end = self.end_state()
+        rep.end, rep.run_id = self.end_state(), self.parent_run_id
         return rep
 
 
@@ -238,8 +243,13 @@ def is_best_so_far(study: optuna.Study, trial: FrozenTrial) -> bool:
         return False
 
 
+def count_states(study: optuna.Study, states: tuple[TrialState, ...] = tuple(TrialState)) -> Counter[TrialState]:
+    """How many of the study's trials are in each of ``states``, as stored now."""
+    return Counter(t.state for t in study.get_trials(deepcopy=False, states=states))
+
+
 def n_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+    return sum(count_states(study, FINISHED).values())
 
 
 # -- trial attributes ------------------------------------------------------------------------------
@@ -250,6 +260,7 @@ def tag_trial(trial: optuna.Trial, where: Mapping[str, str]) -> None:
 
 
 def where_ran(trial: FrozenTrial, keys: tuple[str, ...] = ("host", "worker", "device")) -> dict[str, Any]:
+    """Where a trial ran, as ``tag_trial`` recorded it (read by tests and scripts/gpu_paths.py)."""
     return {k: trial.user_attrs[k] for k in keys if k in trial.user_attrs}
 
 

@@ -23,9 +23,16 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import StudyError
-from sweeper.study.db_errors import first_line, is_permanent, is_transient, permanent
+from sweeper.study.db_errors import driver_words, is_permanent, is_transient, permanent
 from sweeper.study.exactly_once import create_table, once
-from sweeper.study.optuna_internals import CACHED_BACKEND_CALLS, add_trial, lock_study, lock_trial, rdb_method
+from sweeper.study.optuna_internals import (
+    CACHED_BACKEND_CALLS,
+    NewTrialRDBStorage,
+    add_trial,
+    lock_study,
+    lock_trial,
+    rdb_method,
+)
 from sweeper.study.urls import mask_url
 
 log = logging.getLogger("sweeper.retry")
@@ -72,7 +79,7 @@ def with_retry(call: Callable[[], T], where: str, limit: float | None = None) ->
                 log.warning(
                     "study database %s unreachable (%s); waiting up to %.0f s for it (SWEEPER_DB_RETRY_S)",
                     where,
-                    first_line(e),
+                    driver_words(e),
                     limit,
                 )
         else:
@@ -122,7 +129,7 @@ def _call_with_retry(storage: optuna.storages.RDBStorage, fn: Callable[[], T]) -
             raise
         raise DatabaseUnreachable(
             f"the study database {where} has been unreachable for more than {patience():.0f} s "
-            f"({first_line(e)}); giving up (SWEEPER_DB_RETRY_S sets how long to wait)"
+            f"({driver_words(e)}); giving up (SWEEPER_DB_RETRY_S sets how long to wait)"
         ) from e
 
 
@@ -141,7 +148,7 @@ def _heartbeat(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class RetryingRDBStorage(optuna.storages.RDBStorage):
+class RetryingRDBStorage(NewTrialRDBStorage):
     """Optuna's RDBStorage whose public methods retry while the database is briefly unreachable, and whose
     writes that cannot be sent twice (creating a trial, popping a WAITING one, ending one) land exactly
     once although the answer to their commit may be lost (``sweeper.study.exactly_once``)."""
@@ -150,7 +157,7 @@ class RetryingRDBStorage(optuna.storages.RDBStorage):
         super().__init__(*args, **kwargs)
         create_table(self.engine)
 
-    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+    def new_trial(self, study_id: int, template_trial: FrozenTrial | None) -> FrozenTrial:
         attempt = once(self, lambda s: lock_study(s, study_id), lambda s: add_trial(s, self, study_id, template_trial))
         return _call_with_retry(self, lambda: optuna.storages.RDBStorage.get_trial(self, _made(attempt())))
 
@@ -168,13 +175,37 @@ def _made(trial_id: int | None) -> int:
     return trial_id
 
 
-_SPECIAL = ("create_new_trial", "_create_new_trial", "set_trial_state_values")  # create_new_trial calls ours
-for _name in dir(optuna.storages.BaseStorage):
-    if _name.startswith("_") or _name in _SPECIAL or not callable(getattr(optuna.storages.RDBStorage, _name, None)):
-        continue
+#: Optuna's storage API (``BaseStorage``'s public methods, Optuna 5.1), each retried as it is. Not here: the two
+#: written out above (``create_new_trial`` makes its trial in our ``new_trial``) and ``record_heartbeat`` (below).
+RETRIED = (
+    "check_trial_is_updatable",
+    "create_new_study",
+    "delete_study",
+    "get_all_studies",
+    "get_all_trials",
+    "get_best_trial",
+    "get_n_trials",
+    "get_study_directions",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_system_attrs",
+    "get_study_user_attrs",
+    "get_trial",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id",
+    "get_trial_param",
+    "get_trial_params",
+    "get_trial_system_attrs",
+    "get_trial_user_attrs",
+    "remove_session",
+    "set_study_system_attr",
+    "set_study_user_attr",
+    "set_trial_intermediate_value",
+    "set_trial_param",
+    "set_trial_system_attr",
+    "set_trial_user_attr",
+)
+for _name in (*RETRIED, *CACHED_BACKEND_CALLS):
     setattr(RetryingRDBStorage, _name, retrying(rdb_method(_name)))
-for _name in CACHED_BACKEND_CALLS:
-    if _name not in _SPECIAL:
-        setattr(RetryingRDBStorage, _name, retrying(rdb_method(_name)))
 # heartbeats come from a background thread: if it died on a restart, the trial would be failed as stale
 RetryingRDBStorage.record_heartbeat = _heartbeat(optuna.storages.RDBStorage.record_heartbeat)  # type: ignore[method-assign]

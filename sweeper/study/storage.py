@@ -9,7 +9,7 @@ import optuna
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from sweeper.errors import StudyError
+from sweeper.errors import StudyError, first_line
 from sweeper.study.urls import mask_url, normalize_url
 
 
@@ -90,8 +90,7 @@ def _check_heartbeat(interval: int | None, grace: int | None) -> None:
 
 def _reason(e: BaseException, url: str) -> str:
     """The driver's own first line, with the URL's password (if any) masked."""
-    err = getattr(e, "orig", None) or e
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = first_line(getattr(e, "orig", None) or e)
     try:
         password = make_url(url).password
     except Exception:  # the URL did not parse: there is no password to find in the message

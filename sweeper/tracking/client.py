@@ -6,6 +6,7 @@ import os
 import socket
 from typing import TYPE_CHECKING
 
+from sweeper.study.db_errors import is_transient
 from sweeper.study.urls import mask_url
 
 if TYPE_CHECKING:
@@ -40,10 +41,11 @@ def reachable(uri: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def is_transient(e: BaseException) -> bool:
+def worth_resending(e: BaseException) -> bool:
     """A failure that passes (server down, restarting, overloaded): worth sending again later.
 
-    MLflow reports a refused connection as an ``MlflowException`` with status 500, like a server error.
+    MLflow reports a refused connection as an ``MlflowException`` with status 500, like a server error; a
+    database store's own errors pass as the study database's do (``sweeper.study.db_errors``: a lock, a restart).
     """
     from mlflow.exceptions import MlflowException
     from sqlalchemy import exc as sa_exc
@@ -51,7 +53,9 @@ def is_transient(e: BaseException) -> bool:
     if isinstance(e, MlflowException):
         status = e.get_http_status_code()
         return status >= 500 or status == 429
-    return isinstance(e, OSError | sa_exc.OperationalError)  # requests' errors are OSErrors; a locked SQLite store
+    if isinstance(e, sa_exc.SQLAlchemyError):
+        return is_transient(e)
+    return isinstance(e, OSError)  # requests' errors are OSErrors
 
 
 def not_mlflow(e: BaseException) -> bool:
@@ -65,7 +69,7 @@ def describe(e: BaseException) -> str:
         return "answers, but is not an MLflow tracking server (HTTP 404 from its REST API); check the host and port"
     code = getattr(e, "error_code", None)
     status = getattr(e, "get_http_status_code", lambda: None)()
-    if is_transient(e):  # MLflow wraps a refused connection: name what lies under it
+    if worth_resending(e):  # MLflow wraps a refused connection: name what lies under it
         cause = e.__cause__ or e.__context__
         detail = type(cause).__name__ if cause else f"HTTP {status}" if code else type(e).__name__
         return f"does not answer ({detail})"

@@ -8,6 +8,7 @@ kept is sent again on the next try; a request the server refuses is dropped with
 
 from __future__ import annotations
 
+import datetime
 import logging
 import shutil
 import threading
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sweeper.study.urls import mask_url
-from sweeper.tracking.client import client_for, describe, is_transient, not_mlflow
+from sweeper.tracking.client import client_for, describe, not_mlflow, worth_resending
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -44,17 +45,24 @@ class _Run:
 class Outbox:
     """The runs, study summary and plots kept for MLflow, and the sender thread's side of sending them."""
 
-    uri: str
-    parent_run_id: str
-    where: dict[str, str]
-    _client: MlflowClient | None
-    _exp_id: str | None
-    _lock: threading.Lock
-    _runs: dict[int, _Run]
-    _kept: int
-    _summary: tuple[list[Any], list[Any]] | None
-    _plots: str | None
-    off: str | None
+    def __init__(self, uri: str, parent_run_id: str, where: dict[str, str]) -> None:
+        self.uri, self.parent_run_id, self.where = uri, parent_run_id, where
+        self._client: MlflowClient | None = None  # the sender thread's alone
+        self._exp_id: str | None = None
+        self._lock = threading.Lock()  # guards what both threads touch: the runs, the summary, the plots
+        self._runs: dict[int, _Run] = {}  # trial number -> its run still to send, in trial order
+        self._kept = 0  # epoch metrics kept in self._runs
+        self._summary: tuple[list[Any], list[Any]] | None = None  # the study run's latest, unsent
+        self._plots: str | None = None  # a folder of plots to upload, unsent
+        self.off: str | None = None  # why tracking stopped for good (the server is not MLflow)
+
+    def _run(self, number: int, params: dict[str, Any], started: datetime.datetime | None) -> _Run:
+        """Trial ``number``'s run still to send, made on its first record (the caller holds the lock)."""
+        run = self._runs.get(number)
+        if run is None:
+            start_ms = int(started.timestamp() * 1000) if started else None
+            run = self._runs[number] = _Run(number, params, start_ms)
+        return run
 
     @property
     def client(self) -> MlflowClient:
@@ -70,7 +78,7 @@ class Outbox:
             if self._exp_id is None:
                 self._exp_id = self.client.get_run(self.parent_run_id).info.experiment_id
         except Exception as e:
-            if is_transient(e):
+            if worth_resending(e):
                 raise
             self._stop(e)
             return
@@ -108,7 +116,7 @@ class Outbox:
             send()
             return True
         except Exception as e:
-            if is_transient(e):
+            if worth_resending(e):
                 raise
             if not_mlflow(e):
                 self._stop(e)

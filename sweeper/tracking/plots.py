@@ -16,12 +16,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from sweeper.study.record import FINISHED, count_states
+
 log = logging.getLogger("sweeper.tracking.plots")
 
 
 def _dropout_params(study: optuna.Study) -> list[str]:
     names: set[str] = set()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+    for t in study.get_trials(deepcopy=False, states=FINISHED):
         names.update(k for k in t.params if k.startswith("dropout."))
     return sorted(names)
 
@@ -40,7 +42,7 @@ def _plots(study: optuna.Study) -> dict[str, tuple[str, dict[str, Any]]]:
 
 
 def _completed(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return count_states(study, (TrialState.COMPLETE,))[TrialState.COMPLETE]
 
 
 def write_study_plots(study: optuna.Study, out_dir: str | Path, png: bool = True, html: bool = True) -> list[Path]:

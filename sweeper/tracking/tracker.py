@@ -1,7 +1,7 @@
 """Trial runs in MLflow: one nested run per trial, with its parameters, per-epoch curves and end state.
 
 A thin layer on ``MlflowClient`` (optuna-integration's MLflowCallback is deprecated and serializes
-trials). The training thread only records what is to be sent (``_Run``); a ``BackgroundSender``
+trials). The training thread only records what is to be sent (its ``Outbox``); a ``BackgroundSender``
 thread sends it (``sweeper.tracking.outbox``), in ``log_batch`` requests of up to 1000 metrics. While
 the tracking server is down nothing is lost: trials go on, their runs are kept (epoch metrics up to
 ``MAX_KEPT_METRICS``) and created, with their start and end times, once it answers again.
@@ -9,28 +9,23 @@ the tracking server is down nothing is lost: trials go on, their runs are kept (
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 import shutil
 import socket
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.study.record import end_reason
 from sweeper.study.urls import mask_url
-from sweeper.tracking.outbox import WEIGHTS_FILE, Outbox, _Run
+from sweeper.tracking.outbox import WEIGHTS_FILE, Outbox
 from sweeper.tracking.sender import BackgroundSender
 from sweeper.tracking.study_run import study_summary
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
 
 log = logging.getLogger("sweeper.tracking")
 
@@ -62,16 +57,7 @@ class MlflowTracker(Outbox):
     ) -> None:
         import mlflow.entities  # noqa: F401  (seconds of import: pay it here, not in a trial's first epoch)
 
-        self.uri, self.parent_run_id = uri, parent_run_id
-        self.where = where or {"host": socket.gethostname()}
-        self._client: MlflowClient | None = None  # the sender thread's alone
-        self._exp_id: str | None = None
-        self._lock = threading.Lock()  # guards what both threads touch: the runs, the summary, the plots
-        self._runs: dict[int, _Run] = {}  # trial number -> its run still to send, in trial order
-        self._kept = 0  # epoch metrics kept in self._runs
-        self._summary: tuple[list[Any], list[Any]] | None = None  # the study run's latest, unsent
-        self._plots: str | None = None  # a folder of plots to upload, unsent
-        self.off: str | None = None  # why tracking stopped for good (the server is not MLflow)
+        super().__init__(uri, parent_run_id, where or {"host": socket.gethostname()})
         self._warned_full = False
         self.sender = BackgroundSender(uri, self._send)
         self.plot_every_s, self.flush_every_s = plot_every_s, flush_every_s
@@ -79,13 +65,6 @@ class MlflowTracker(Outbox):
         self._last_poke = 0.0
 
     # -- the training thread: record, poke, never wait long -------------------------------------
-    def _run(self, number: int, params: dict[str, Any], started: datetime.datetime | None) -> _Run:
-        run = self._runs.get(number)
-        if run is None:
-            start_ms = int(started.timestamp() * 1000) if started else None
-            run = self._runs[number] = _Run(number, params, start_ms)
-        return run
-
     def on_epoch(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
         """Objective hook: keep the epoch's metrics; the sender thread ships them."""
         if self.off:

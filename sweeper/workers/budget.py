@@ -19,20 +19,15 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper.study.lock import study_lock
+from sweeper.study.record import FINISHED, count_states
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 Beat = Callable[[int], None]
 
 
 def claims(study: optuna.Study) -> tuple[int, int]:
     """(finished, running) trials of the study, as stored now."""
-    finished = running = 0
-    for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)):
-        if t.state == TrialState.RUNNING:
-            running += 1
-        else:
-            finished += 1
-    return finished, running
+    counts = count_states(study, (*FINISHED, TrialState.RUNNING))
+    return sum(counts[s] for s in FINISHED), counts[TrialState.RUNNING]
 
 
 def try_claim(study: optuna.Study, budget: int, beat: Beat) -> optuna.Trial | None:

@@ -37,10 +37,6 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    @property
-    def enabled(self) -> bool:
-        return self.storage is not None
-
     def __enter__(self) -> Heartbeat:
         if self.storage is not None:
             self._thread = threading.Thread(target=self._run, name="sweeper-heartbeat", daemon=True)

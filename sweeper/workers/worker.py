@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeper.settings import RunSettings
 from sweeper.study import optuna_internals as internals
 from sweeper.study.record import StudyRecord, heartbeat_settings
 from sweeper.tracking.tracker import MlflowTracker
@@ -36,24 +37,26 @@ FAILURES_IN_A_ROW = 3  # a worker whose trials keep failing stops: a broken netw
 
 def run_worker(
     study_name: str,
-    storage: str,
-    tracking_uri: str | None,
+    settings: RunSettings,
+    *,
     worker_id: int = 0,
-    progress: bool = False,
     device: str | None = None,
-    population: int | None = None,
     labels: Mapping[str, str] | None = None,
     reproducible: bool = False,
     trial_lines: bool = False,
 ) -> int:
     """Run trials of an existing study until it has its budget of finished trials; return how many this worker ran.
 
+    The study is in ``settings.storage``, its MLflow runs go to ``settings.tracking`` ('' for none);
+    ``settings.population`` trials train together (default: the study file's ``train.population``).
     Each trial records where it ran (host, worker id, device, plus ``labels`` such as a cluster node)
     as trial attributes and MLflow tags. ``worker_id`` is only that label: every worker's sampler gets
     a seed of its own, so scaled workers never repeat each other's trials; ``reproducible`` seeds it
     with the study seed instead (the one worker of ``sweeper launch``: a re-run repeats the search).
-    ``progress`` shows a bar of the shared budget; ``trial_lines`` (without a bar) a line per trial it ends.
+    ``settings.progress`` shows a bar of the shared budget; ``trial_lines`` (without a bar) a line per trial it ends.
     """
+    storage, tracking_uri, population = settings.storage, settings.tracking, settings.population
+    progress = settings.progress
     record = StudyRecord.open(study_name, storage, heartbeat=True, fresh_sampler_seed=not reproducible)
     study, spec, budget = record.study, record.spec, record.budget
     if record.done:
