@@ -203,7 +203,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="N = 1, 8; sizes 100; short runs (< 60 s)")
     ap.add_argument("--ns", type=int, nargs="+", default=[1, 8, 32, 64, 128, 256])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
-    ap.add_argument("--seconds", type=float, default=60.0, help="time cap of one run")
+    ap.add_argument("--seconds", type=float, default=90.0, help="time cap of one run")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--epoch-s", type=float, default=0.5, help="the stand-in's sleep per epoch")
     ap.add_argument("--procs", type=int, default=4, help="processes the N worker threads are spread over")

@@ -36,7 +36,7 @@ from sweeper.study.urls import mask_url
 _local = threading.Lock()
 # a taken PostgreSQL lock is tried again after a random pause of up to this, doubling: a claim holds it
 # for tens of milliseconds, and hundreds of waiting workers must not flood the server with tries
-_FIRST_PAUSE, _LONGEST_PAUSE = 0.02, 0.5
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.01, 0.2
 
 
 def _key(name: str) -> int:
