@@ -133,7 +133,10 @@ def one_worker(name: str, url: str, index: int, deadline: float, epochs: int, ep
             loop.run(lambda: time.monotonic() >= deadline)  # type: ignore[arg-type]
             return
         except Exception as e:  # what a real worker would die of (and be restarted after)
-            timings.error(f"crashed: {type(e).__name__}: {error_kind(str(e))}")
+            cause = e
+            while cause.__cause__ is not None:  # Optuna's StorageInternalError wraps the driver's error
+                cause = cause.__cause__
+            timings.error(f"crashed: {type(e).__name__}: {error_kind(f'{e} {cause}')}")
             time.sleep(1.0)
 
 

@@ -40,6 +40,7 @@ from storage_load import run_process  # noqa: E402
 from storage_servers import ServerMeter, grow  # noqa: E402
 
 from conftest import PrivatePgBouncer, PrivatePostgres, _initdb_dir, pgbouncer_binary, tiny_spec_dict  # noqa: E402
+from sweeper.study.optuna_internals import rdb_backend  # noqa: E402
 from sweeper.study.record import StudyRecord  # noqa: E402
 from sweeper.study.spec import parse_spec  # noqa: E402
 from sweeper.study.storage import make_storage  # noqa: E402
@@ -90,7 +91,10 @@ def drive(url: str, name: str, n: int, args: argparse.Namespace, epoch_s: float)
 def load_run(url: str, n: int, args: argparse.Namespace, meter: ServerMeter | None) -> dict[str, Any]:
     """N simulated workers on a fresh study with a budget of 2N + 20; its figures."""
     name, budget = f"scale-{uuid.uuid4().hex[:6]}", (n + 4 if args.quick else 2 * n + 20)
-    StudyRecord.create(spec_for(name, budget), url)
+    record = StudyRecord.create(spec_for(name, budget), url)
+    backend = rdb_backend(record.study)
+    if backend is not None:
+        backend.engine.dispose()  # this process's connections are not the workers'
     if meter:
         meter.start()
     began = time.time()
@@ -98,8 +102,9 @@ def load_run(url: str, n: int, args: argparse.Namespace, meter: ServerMeter | No
     wall = time.time() - began
     server = meter.stop() if meter else {}
     values, ends = d["values"], d["ends"]
-    study = optuna.load_study(study_name=name, storage=make_storage(url))
-    states = Counter(t.state for t in study.get_trials(deepcopy=False))
+    storage = make_storage(url)
+    states = Counter(t.state for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+    storage.engine.dispose()
     finished = sum(states[s] for s in FINISHED)
     window = ends[-1] - ends[0] if len(ends) > 1 else 0.0
     return {
@@ -176,8 +181,15 @@ def new_database(server: PrivatePostgres) -> str:
     admin = sa.create_engine(server.admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as c:
         c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
     return name
+
+
+def drop_database(server: PrivatePostgres, name: str) -> None:
+    """Its connections go with it (PgBouncer keeps idle server connections to a database for minutes: they
+    would count against the next run's max_connections)."""
+    admin = sa.create_engine(server.admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as c:
+        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def row(path: str, r: dict[str, Any]) -> str:
@@ -253,7 +265,10 @@ def main() -> None:
             url = direct if path == "direct" else bouncers[pool].url(db)
             label = path if path == "direct" or pool == args.pool else f"pgbouncer/{pool}"
             meter = ServerMeter(server, db, bouncers[pool] if path != "direct" else None)
-            r = load_run(url, n, args, meter)
+            try:
+                r = load_run(url, n, args, meter)
+            finally:
+                drop_database(server, db)
             results.setdefault(label, []).append(r)
             print(row(label, r), flush=True)
             lines.append(row(label, r))
