@@ -11,7 +11,7 @@ worker saw a free slot, and every earlier trial was committed (visible) by then.
   worker that finds it taken ends its transaction and tries again after a short random pause, so a
   waiting worker holds no server connection. Through a transaction pooler (PgBouncer) a blocking wait
   would hold one each, and once the waiters held the whole server pool the holder could not run its
-  claim's queries: every worker would stall (``benchmarks/storage_scale.py`` measured both).
+  claim's queries: every worker would stall (``tests/test_pooler.py`` fails so with a blocking wait).
 - SQLite: an ``flock`` on a file beside the database (``<db>.lock``); SQLite is one machine's file.
 - MySQL: ``GET_LOCK``. Anything else (in-memory storage): a lock of this process.
 """
