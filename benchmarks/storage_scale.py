@@ -7,7 +7,7 @@ median pruner; a sleeping stand-in for training) on one study, direct and pooled
 Each run has a budget of 2N + 20 trials and a time cap. Then a study grown to 100 / 1,000 / 10,000
 trials: one worker's ask time and storage time per trial.
 
-    flock /tmp/sweeper-bench.lock python benchmarks/storage_scale.py            # ~15 min on 2 cores
+    flock /tmp/sweeper-bench.lock python benchmarks/storage_scale.py            # ~20 min on 2 cores
     flock /tmp/sweeper-bench.lock python benchmarks/storage_scale.py --quick    # < 60 s
 
 Writes results/storage_scale.txt and results/storage_scale.png (``--out``).
