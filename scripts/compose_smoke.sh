@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Docker Compose smoke test, with faults inside the stack. On the images of docker/compose.local.yaml
-# (built here; scripts/docker_setup.sh prepares the machine): PostgreSQL + MLflow server + 3 workers run
-# studies/digits_smoke.yaml, while
+# (built here; scripts/docker_setup.sh prepares the machine): PostgreSQL + PgBouncer + MLflow server + 3 workers
+# (every study connection through PgBouncer, checked) run studies/digits_smoke.yaml, while
 #   1. kill:    `docker kill` of one worker container mid-trial: another worker fails the trial by heartbeat
 #               and it is run again (same parameters);
 #   2. restart: `docker compose restart postgres` mid-study: the workers wait for the database and carry on;
@@ -44,7 +44,7 @@ if [ -z "${SKIP_BUILD:-}" ]; then
     || { echo "no torch wheel in docker/wheels/: run scripts/docker_setup.sh" >&2; exit 2; }
   "${compose[@]}" --progress plain build >/tmp/sweeper-smoke-build.log 2>&1 \
     || { tail -40 /tmp/sweeper-smoke-build.log; fail "image build (log: /tmp/sweeper-smoke-build.log)"; }
-  log "images built (sweeper:local, sweeper-postgres:local)"
+  log "images built (sweeper:local, sweeper-postgres:local, sweeper-pgbouncer:local)"
 fi
 
 cleanup() {
@@ -97,7 +97,7 @@ up=$SECONDS
 "${compose[@]}" up -d --scale worker=$workers 2>&1 | grep -vE '^ *(Container|Network|Volume) |IPv4 forwarding is disabled' || true
 mapfile -t ids < <("${compose[@]}" ps -aq worker)
 [ ${#ids[@]} -eq $workers ] || fail "expected $workers worker containers, found ${#ids[@]}"
-log "stack up in $((SECONDS - up))s: postgres, mlflow, $workers workers ($(docker inspect -f '{{.Config.Hostname}}' "${ids[@]}" | tr '\n' ' '))budget $budget"
+log "stack up in $((SECONDS - up))s: postgres, pgbouncer, mlflow, $workers workers ($(docker inspect -f '{{.Config.Hostname}}' "${ids[@]}" | tr '\n' ' '))budget $budget"
 
 # --- no secret on any command line: docker inspect (Path, Args, Cmd, Entrypoint) and every process (docker top)
 no_password_on_command_lines() {
@@ -114,6 +114,18 @@ no_password_on_command_lines() {
   log "no password in the command line of any of $seen containers (docker inspect) nor of their processes (docker top)"
 }
 no_password_on_command_lines
+
+# --- the workers reach the study database through PgBouncer only --------------------------------------
+through_pgbouncer() {
+  local ip others
+  ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$("${compose[@]}" ps -q pgbouncer)" | awk '{print $1}')
+  others=$(sql "SELECT count(*) FROM pg_stat_activity WHERE datname = 'sweeper' AND backend_type = 'client backend'
+                AND pid <> pg_backend_pid() AND client_addr IS DISTINCT FROM '$ip'::inet")
+  [ "$others" = 0 ] || fail "$others connections to the study database do not come from PgBouncer ($ip)"
+  log "every connection to the study database comes from PgBouncer ($ip): $(sql "SELECT count(*) FROM
+       pg_stat_activity WHERE datname = 'sweeper' AND client_addr = '$ip'::inet") server connections"
+}
+through_pgbouncer
 
 # --- fault 1: docker kill of a worker container mid-trial -----------------------------------------
 found=$(mid_trial)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -95,8 +97,8 @@ class PrivatePostgres:
     127.0.0.1, trust auth): outage tests stop and start this one, never the machine's server, whose
     other clients must not be disconnected."""
 
-    def __init__(self, bindir: str) -> None:
-        self.bindir = bindir
+    def __init__(self, bindir: str, max_connections: int = 200) -> None:
+        self.bindir, self.max_connections = bindir, max_connections
         self.dir = tempfile.mkdtemp(prefix="sweeper-pg-")
         self.data = os.path.join(self.dir, "data")
         with socket.socket() as s:
@@ -115,7 +117,7 @@ class PrivatePostgres:
         return subprocess.run(cmd, check=check, capture_output=True, timeout=120).returncode
 
     def start(self) -> None:
-        opts = f"-p {self.port} -k {self.dir} -h 127.0.0.1 -c fsync=off -c max_connections=200"
+        opts = f"-p {self.port} -k {self.dir} -h 127.0.0.1 -c fsync=off -c max_connections={self.max_connections}"
         self._run("pg_ctl", "-D", self.data, "-o", opts, "-l", os.path.join(self.dir, "log"), "-w", "start")
 
     def stop(self) -> None:
@@ -158,3 +160,73 @@ def private_pg() -> Iterator[PrivatePostgres]:
         yield server
     finally:
         server.remove()
+
+
+def pgbouncer_binary() -> str | None:
+    """Debian's PgBouncer (apt-get install pgbouncer), which installs it outside a user's PATH."""
+    return shutil.which("pgbouncer") or next(iter(glob.glob("/usr/sbin/pgbouncer")), None)
+
+
+class PrivatePgBouncer:
+    """A PgBouncer of the test's own in transaction-pooling mode (as the README tells users to run it) in front
+    of a ``PrivatePostgres``, on a free port of 127.0.0.1, trust auth, at most ``pool_size`` server connections
+    however many clients connect. ``query_wait_timeout``: how long a client waits for a server connection
+    before PgBouncer fails its query (its default is 120 s)."""
+
+    def __init__(self, server: PrivatePostgres, pool_size: int = 20, query_wait_timeout: int = 120) -> None:
+        binary = pgbouncer_binary()
+        assert binary is not None, "pgbouncer_binary() first"
+        self.dir = tempfile.mkdtemp(prefix="sweeper-pgbouncer-")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.ini = os.path.join(self.dir, "pgbouncer.ini")
+        with open(os.path.join(self.dir, "users.txt"), "w") as f:
+            f.write('"postgres" ""\n')  # trust auth still wants the user listed
+        with open(self.ini, "w") as f:
+            f.write(
+                f"[databases]\n* = host=127.0.0.1 port={server.port}\n"
+                f"[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+                f"auth_type = trust\nauth_file = {self.dir}/users.txt\nadmin_users = postgres\n"
+                f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_db_connections = {pool_size}\n"
+                f"max_client_conn = 4000\nquery_wait_timeout = {query_wait_timeout}\n"
+                f"logfile = {self.dir}/log\npidfile = {self.dir}/pid\n"
+            )
+        cmd = [binary, "-d", self.ini]
+        if os.geteuid() == 0:  # PgBouncer refuses to run as root
+            shutil.chown(self.dir, "postgres")
+            for name in os.listdir(self.dir):
+                shutil.chown(os.path.join(self.dir, name), "postgres")
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            time.sleep(0.1)
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def pid(self) -> int:
+        with open(os.path.join(self.dir, "pid")) as f:
+            return int(f.read().split()[0])
+
+    def remove(self) -> None:
+        try:
+            os.kill(self.pid(), signal.SIGINT)  # SIGINT: PgBouncer's immediate shutdown
+        except (OSError, ValueError):
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def private_pgbouncer(private_pg: PrivatePostgres) -> Iterator[PrivatePgBouncer]:
+    """This session's own PgBouncer (transaction pooling, 4 server connections) before its own PostgreSQL."""
+    if pgbouncer_binary() is None:
+        pytest.skip("no pgbouncer found (Debian: apt-get install pgbouncer): the pooled-path tests need one")
+    bouncer = PrivatePgBouncer(private_pg, pool_size=4, query_wait_timeout=20)
+    try:
+        yield bouncer
+    finally:
+        bouncer.remove()

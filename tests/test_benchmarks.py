@@ -25,3 +25,25 @@ def test_search_quality_quick_run_writes_its_tables(tmp_path: Path) -> None:
     assert {s["method"] for s in sweeps["sweeps"]} == set(methods)
     for sweep in sweeps["sweeps"]:  # every method's trials are recorded, the stacked population's too
         assert sweep["trials"] and sweep["selected"]["test"] is not None, sweep["method"]
+
+
+def test_storage_scale_quick_run_writes_its_table_and_plot(tmp_path: Path) -> None:
+    """Its own PostgreSQL and PgBouncer, workers direct and pooled, SQLite, a grown study: every run meets its
+    budget exactly with nothing left running and no error (what the full run reports for N up to 256)."""
+    import pytest
+
+    from conftest import _initdb_dir, pgbouncer_binary
+
+    if _initdb_dir() is None or pgbouncer_binary() is None:
+        pytest.skip("needs PostgreSQL's initdb and pgbouncer (Debian: apt-get install postgresql pgbouncer)")
+    out = tmp_path / "scale"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "storage_scale.py"), "--quick", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [line.split() for line in out.with_suffix(".txt").read_text().splitlines() if not line.startswith("#")]
+    runs = [r for r in rows if r[0] in ("direct", "pgbouncer", "sqlite")]
+    assert {r[0] for r in runs} == {"direct", "pgbouncer", "sqlite"}, rows
+    for path, n, budget, done, over, failed, left, *rest in runs:
+        assert (done, over, failed, left) == (budget, "0", "0", "0"), (path, n, rest)
+        assert rest[-1] == "none", (path, n, rest)  # errors the workers met
+    assert out.with_suffix(".png").stat().st_size > 0

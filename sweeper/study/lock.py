@@ -6,8 +6,12 @@ popped later keeps its old id, so two workers can each see themselves first and 
 last slot. Checking and creating under one lock can: every trial created is created after its
 worker saw a free slot, and every earlier trial was committed (visible) by then.
 
-- PostgreSQL: a transaction-level advisory lock (``pg_advisory_xact_lock``), released at commit or
-  when the connection is lost, so a killed worker never holds it.
+- PostgreSQL: a transaction-level advisory lock (``pg_try_advisory_xact_lock``), released at commit or
+  when the connection is lost, so a killed worker never holds it. It is tried, not waited for: a
+  worker that finds it taken ends its transaction and tries again after a short random pause, so a
+  waiting worker holds no server connection. Through a transaction pooler (PgBouncer) a blocking wait
+  would hold one each, and once the waiters held the whole server pool the holder could not run its
+  claim's queries: every worker would stall (``tests/test_pooler.py`` fails so with a blocking wait).
 - SQLite: an ``flock`` on a file beside the database (``<db>.lock``); SQLite is one machine's file.
 - MySQL: ``GET_LOCK``. Anything else (in-memory storage): a lock of this process.
 """
@@ -15,7 +19,9 @@ worker saw a free slot, and every earlier trial was committed (visible) by then.
 from __future__ import annotations
 
 import hashlib
+import random
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +34,9 @@ from sweeper.study.retry import with_retry
 from sweeper.study.urls import mask_url
 
 _local = threading.Lock()
+# a taken PostgreSQL lock is tried again after a random pause of up to this, doubling: a claim holds it
+# for tens of milliseconds, and hundreds of waiting workers must not flood the server with tries
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.01, 0.2
 
 
 def _key(name: str) -> int:
@@ -41,7 +50,7 @@ def study_lock(study: optuna.Study) -> Iterator[None]:
     rdb = rdb_backend(study)
     dialect = rdb.engine.dialect.name if rdb is not None else ""
     if rdb is not None and dialect == "postgresql":
-        with _advisory(rdb.engine, study.study_name, "SELECT pg_advisory_xact_lock(:k)", None):
+        with _advisory(rdb.engine, study.study_name, "SELECT pg_try_advisory_xact_lock(:k)", None):
             yield
     elif rdb is not None and dialect == "mysql":
         with _advisory(rdb.engine, study.study_name, "SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)"):
@@ -58,16 +67,24 @@ def study_lock(study: optuna.Study) -> Iterator[None]:
 def _advisory(engine: sa.Engine, name: str, take: str, release: str | None) -> Iterator[None]:
     key: int | str = _key(name) if release is None else f"sweeper:{name}"[:64]
 
-    def acquire() -> sa.Connection:
+    def acquire() -> sa.Connection | None:
         conn = engine.connect()
         try:
-            conn.execute(sa.text(take), {"k": key})
+            taken = conn.execute(sa.text(take), {"k": key}).scalar()
         except Exception:
             conn.close()
             raise
+        if taken is False:  # a try-lock held by another worker: give the connection back while waiting
+            conn.rollback()
+            conn.close()
+            return None
         return conn
 
-    conn = with_retry(acquire, mask_url(engine.url.render_as_string(hide_password=False)))
+    where = mask_url(engine.url.render_as_string(hide_password=False))
+    pause = _FIRST_PAUSE
+    while (conn := with_retry(acquire, where)) is None:
+        time.sleep(random.uniform(0, pause))  # random: waiting workers do not try again in step
+        pause = min(pause * 2, _LONGEST_PAUSE)
     try:
         yield
     finally:
@@ -101,7 +118,6 @@ def db_now(study: optuna.Study) -> float:
     """The study database's clock, in seconds since the epoch: one clock for every worker's leases, whatever
     their hosts' clocks say (Optuna's stale-trial check reads the database's clock too). A storage without a
     server (in memory) has this process's clock."""
-    import time
     from datetime import UTC, datetime
 
     rdb = rdb_backend(study)

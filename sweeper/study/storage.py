@@ -39,6 +39,11 @@ def make_storage(
         # a worker holds at most two connections at once (its trial loop and its heartbeat thread):
         # N workers need about 2N of the server's max_connections (PostgreSQL's default is 100)
         engine_kwargs.update(pool_size=pool_size or 2, max_overflow=3, pool_recycle=300)
+        # no server-side prepared statements (psycopg 3 prepares a query after 5 runs): a transaction pooler
+        # such as PgBouncer hands each transaction to any server connection, where the statement is unknown.
+        # So --storage may name the pooler as it names the database (README, "Hundreds of workers")
+        if url.startswith("postgresql+psycopg:"):
+            engine_kwargs["connect_args"] = {"prepare_threshold": None}
     kwargs: dict[str, Any] = {}
     with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.x; we rely on them on purpose
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
