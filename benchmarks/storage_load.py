@@ -25,8 +25,10 @@ from typing import Any
 
 import optuna
 
+from sweeper.errors import causes
 from sweeper.study.record import StudyRecord
 from sweeper.study.spec import StudySpec
+from sweeper.workers.protocol import TrialProtocol
 from sweeper.workers.worker import TrialLoop  # imports torch (the worker module trains): once, before the fork
 
 log = logging.getLogger("sweeper")
@@ -129,13 +131,12 @@ def one_worker(name: str, url: str, index: int, deadline: float, epochs: int, ep
             study.tell = _timed(study.tell, "tell", timings)  # type: ignore[method-assign]
             objective = StandIn(record.spec, epochs, epoch_s, seed=index, timings=timings)
             done = _Finished(timings)
-            loop = TrialLoop(study, objective, record.budget, {"worker": str(index)}, callbacks=[done])
+            protocol = TrialProtocol(study, record.spec, {"worker": str(index)}, callbacks=[done])
+            loop = TrialLoop(study, objective, record.budget, protocol)
             loop.run(lambda: time.monotonic() >= deadline)  # type: ignore[arg-type]
             return
         except Exception as e:  # what a real worker would die of (and be restarted after)
-            cause = e
-            while cause.__cause__ is not None:  # Optuna's StorageInternalError wraps the driver's error
-                cause = cause.__cause__
+            cause = list(causes(e))[-1]  # Optuna's StorageInternalError wraps the driver's error
             timings.error(f"crashed: {type(e).__name__}: {error_kind(f'{e} {cause}')}")
             time.sleep(1.0)
 
