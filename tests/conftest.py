@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -129,6 +130,28 @@ class PrivatePostgres:
     def ensure_up(self) -> None:
         if not self.is_up():
             self.start()
+
+    @contextlib.contextmanager
+    def database(self, prefix: str) -> Iterator[str]:
+        """A fresh database on this server, dropped afterwards (the server started again first if a test
+        stopped it); its name. The admin connection is not pooled, so it survives a restart."""
+        import sqlalchemy as sa
+        from sqlalchemy.pool import NullPool
+
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        self.ensure_up()
+        admin = sa.create_engine(self.admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        with admin.connect() as c:
+            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield name
+        finally:
+            self.ensure_up()
+            with admin.connect() as c:
+                c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    def url(self, database: str) -> str:
+        return self.admin_url.rsplit("/", 1)[0] + f"/{database}"
 
     def remove(self) -> None:
         try:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,22 +43,9 @@ def _fast_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def pg_db(private_pg: PrivatePostgres) -> Iterator[str]:
-    """A fresh database on the session's own PostgreSQL server (the one outage tests stop and start),
-    whose admin connection survives a server restart (no pooling)."""
-    import sqlalchemy as sa
-    from sqlalchemy.pool import NullPool
-
-    name = f"sweeper_fault_{uuid.uuid4().hex[:10]}"
-    private_pg.ensure_up()
-    admin = sa.create_engine(private_pg.admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield private_pg.admin_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        private_pg.ensure_up()
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    """A fresh database on the session's own PostgreSQL server (the one outage tests stop and start)."""
+    with private_pg.database("sweeper_fault") as name:
+        yield private_pg.url(name)
 
 
 @pytest.fixture

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import signal
 import threading
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -35,25 +33,10 @@ def _fast_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SWEEPER_HEARTBEAT_GRACE", "3")
 
 
-@contextmanager
-def _database(server: PrivatePostgres) -> Iterator[str]:
-    """A fresh database on ``server``, dropped afterwards; its name."""
-    name = f"sweeper_pool_{uuid.uuid4().hex[:10]}"
-    server.ensure_up()
-    admin = sa.create_engine(server.admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield name
-    finally:
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 @pytest.fixture
 def pooled_url(private_pg: PrivatePostgres, private_pgbouncer: PrivatePgBouncer) -> Iterator[str]:
     """A fresh database, reached through the session's PgBouncer (4 server connections)."""
-    with _database(private_pg) as name:
+    with private_pg.database("sweeper_pool") as name:
         yield private_pgbouncer.url(name)
 
 
@@ -97,7 +80,7 @@ def test_waiting_for_the_study_lock_holds_no_server_connection(private_pg: Priva
         pytest.skip("no pgbouncer found (Debian: apt-get install pgbouncer): the pooled-path tests need one")
     bouncer = PrivatePgBouncer(private_pg, pool_size=2, query_wait_timeout=10)
     try:
-        with _database(private_pg) as name:
+        with private_pg.database("sweeper_pool") as name:
             _lock_waiters_and_holder(bouncer.url(name), lambda: _lock_tries(private_pg, name) >= 1)
     finally:
         bouncer.remove()
