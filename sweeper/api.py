@@ -41,6 +41,7 @@ def launch(
     workers: int = 1,
     gpus: str | None = None,
     threads: int | None = None,
+    checkpoint_dir: str | None = None,
     ray: str | None = None,
     cpus_per_worker: float | None = None,
     gpus_per_worker: float | None = None,
@@ -54,7 +55,9 @@ def launch(
 
     ``population`` trains that many trials at once, stacked on one device (default: the study file's
     ``train.population``, 1 unless set). ``threads``: torch threads per worker (default: worker processes
-    share the cores evenly; one worker in this process keeps torch's default, every core).
+    share the cores evenly; one worker in this process keeps torch's default, every core). ``checkpoint_dir``: a
+    folder every worker mounts for trials' checkpoints (default: the study's MLflow run; see
+    ``sweeper.workers.checkpoints``).
     Every option is checked here, once (``sweeper.settings.RunSettings``), before the study exists.
     """
     settings = RunSettings(
@@ -66,6 +69,7 @@ def launch(
         workers=workers,
         gpus=gpus,
         threads=threads,
+        checkpoint_dir=checkpoint_dir,
         ray=ray,
         cpus_per_worker=cpus_per_worker,
         gpus_per_worker=gpus_per_worker,
@@ -209,6 +213,7 @@ def join(
     worker_id: int = 0,
     device: str | None = None,
     threads: int | None = None,
+    checkpoint_dir: str | None = None,
     end_steps: bool = True,
 ) -> int:
     """Run a worker on an existing study (the study file comes from the storage); ``threads``: torch's threads.
@@ -219,7 +224,12 @@ def join(
     from sweeper.workers.worker import run_worker
 
     settings = RunSettings(
-        storage=storage or "", tracking=tracking, population=population, threads=threads, progress=progress
+        storage=storage or "",
+        tracking=tracking,
+        population=population,
+        threads=threads,
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
     )
     set_threads(settings.worker_threads)
     url, uri = settings.storage, settings.tracking

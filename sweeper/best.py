@@ -11,7 +11,7 @@ import optuna
 
 from sweeper.errors import DivergedError, TrackingError
 from sweeper.study.hparams import Hparams
-from sweeper.study.record import StudyRecord
+from sweeper.study.record import StudyRecord, first_try
 from sweeper.study.spec import StudySpec
 from sweeper.study.urls import mask_url, storage_url, tracking_uri
 
@@ -93,7 +93,7 @@ def refit_best(
             spec.model_copy(update={"train": train}),
             dataclasses.replace(data, train=both, val=both),  # nothing held out: its "validation" is what it trains on
             _hparams(spec, best),
-            trial_seed(spec.seed, best.number),
+            trial_seed(spec.seed, first_try(best)),
         )
     except DivergedError as e:
         raise DivergedError(
@@ -185,7 +185,7 @@ def _best_network(record: StudyRecord, best: optuna.trial.FrozenTrial, data: Any
             model.load_state_dict(weights)
             return model.to(data.train.x.device), "selected"
     log.info("retraining the best trial #%d (same seed) to score it once on the test split", best.number)
-    model, _ = fit(spec, data, hp, trial_seed(spec.seed, best.number))
+    model, _ = fit(spec, data, hp, trial_seed(spec.seed, first_try(best)))
     return model, "retrained"
 
 

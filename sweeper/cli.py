@@ -11,6 +11,7 @@ import click
 
 from sweeper.cli_options import (
     UserError,
+    checkpoint_dir_opt,
     configure_logging,
     errors,
     population_opt,
@@ -42,6 +43,7 @@ def main(verbose: bool) -> None:
 )
 @click.option("--gpus", help="GPUs for the workers, round-robin: 'all' (default), 'none' (CPU) or ids like '0,2'.")
 @threads_opt
+@checkpoint_dir_opt
 @click.option(
     "--ray",
     "ray_address",
@@ -72,6 +74,7 @@ def launch(
     workers: int,
     gpus: str | None,
     threads: int | None,
+    checkpoint_dir: str | None,
     ray_address: str | None,
     cpus_per_worker: float | None,
     gpus_per_worker: float | None,
@@ -90,6 +93,7 @@ def launch(
         workers=workers,
         gpus=gpus,
         threads=threads,
+        checkpoint_dir=checkpoint_dir,
         ray=ray_address,
         cpus_per_worker=cpus_per_worker,
         gpus_per_worker=gpus_per_worker,
@@ -127,6 +131,7 @@ def create(
 @click.option("--device", help="cpu | cuda | cuda:N [default: the study file's train.device].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @threads_opt
+@checkpoint_dir_opt
 @click.option(
     "--end-steps/--no-end-steps",
     default=True,
@@ -144,6 +149,7 @@ def worker(
     device: str | None,
     progress: bool,
     threads: int | None,
+    checkpoint_dir: str | None,
     end_steps: bool,
 ) -> None:
     """Join the existing study STUDY_NAME and run trials until its budget is met (SIGTERM/Ctrl-C stop it cleanly)."""
@@ -158,6 +164,7 @@ def worker(
         worker_id=worker_id,
         device=device,
         threads=threads,
+        checkpoint_dir=checkpoint_dir,
         end_steps=end_steps,
     )
     click.echo(f"worker ran {n} trial(s)")

@@ -56,6 +56,13 @@ threads_opt = click.option(
     help="torch (OpenMP/MKL) threads per worker [default: launch --workers N gives each worker cores/N; "
     "otherwise OMP_NUM_THREADS or every core].",
 )
+checkpoint_dir_opt = click.option(
+    "--checkpoint-dir",
+    envvar="SWEEPER_CHECKPOINT_DIR",
+    type=click.Path(file_okay=False),
+    help="A folder every worker mounts, for the checkpoints a retried trial resumes from [default: the study's "
+    "MLflow run's artifacts; none with tracking off].",
+)
 population_opt = click.option(
     "--population",
     type=int,

@@ -36,6 +36,7 @@ class RunSettings:
     gpus_per_worker: float | None = None
     progress: bool = False
     score_test: bool = True
+    checkpoint_dir: str | None = None  # trials' checkpoints (None: the study's MLflow run; none with tracking off)
     #: GPU ids the local worker processes are pinned to (``[]``: the CPU); ``None`` when they are not local
     gpu_ids: tuple[str, ...] | None = field(init=False, default=None)
     #: torch threads each worker gets (``None``: one worker here keeps torch's default, every core)
@@ -52,6 +53,8 @@ class RunSettings:
                 raise SpecError(f"--{name} must be >= 1{what}, but got {value}")
         self._set("storage", storage_url(self.storage))
         self._set("tracking", tracking_uri(self.tracking))
+        if self.checkpoint_dir:
+            self._set("checkpoint_dir", os.path.abspath(os.path.expanduser(self.checkpoint_dir)))
         if self.ray is not None:
             if self.gpus is not None:
                 raise SpecError(f"--gpus {self.gpus!r} picks this machine's GPUs; with --ray, use --gpus-per-worker")

@@ -92,6 +92,8 @@ def start_workers(study_name: str, settings: RunSettings) -> list[subprocess.Pop
             cmd += ["--population", str(settings.population)]
         if settings.threads is not None:
             cmd += ["--threads", str(share)]
+        if settings.checkpoint_dir:
+            cmd += ["--checkpoint-dir", settings.checkpoint_dir]
         procs.append(subprocess.Popen(cmd, env=worker_env(settings.storage, settings.tracking, gpu, share)))
     return procs
 

@@ -36,6 +36,7 @@ _END = "sweeper.end"  # the end steps' state: who runs them, since when, how the
 _END_REASON = "end_reason"
 _LR = "lr"
 _START = "start_point"  # a trial enqueued from the literature's recipes
+_RESUMED = "resumed_from"  # a retried trial that continued an earlier try's checkpoint
 
 
 @dataclass
@@ -268,6 +269,15 @@ def set_lr(trial: optuna.Trial, lr: float) -> None:
     trial.set_user_attr(_LR, lr)
 
 
+def set_resumed(trial: optuna.Trial, number: int, epoch: int, step: int) -> None:
+    """The trial continued trial ``number``'s checkpoint, taken at ``epoch`` (and ``step`` into it)."""
+    trial.set_user_attr(_RESUMED, {"trial": number, "epoch": epoch, "step": step})
+
+
+def resumed_from(trial: FrozenTrial) -> dict[str, int] | None:
+    return trial.user_attrs.get(_RESUMED)
+
+
 def set_end_reason(trial: optuna.Trial, reason: str) -> None:
     trial.set_user_attr(_END_REASON, reason[:2000])
 
@@ -283,6 +293,19 @@ def with_end_reason(trial: FrozenTrial, reason: str) -> FrozenTrial:
     said = copy.copy(trial)
     said.user_attrs = {**trial.user_attrs, _END_REASON: reason[:2000]}
     return said
+
+
+def tries_before(trial: FrozenTrial) -> list[int]:
+    """The numbers of the earlier tries of a retried trial, oldest first (Optuna's ``retry_history``); [] for a
+    first try."""
+    with warnings.catch_warnings():  # experimental since 3.0, the one retry API Optuna 5 keeps
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return list(optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(trial))
+
+
+def first_try(trial: FrozenTrial) -> int:
+    """The number of the trial's first try: its seeds derive from it, so a retry repeats its randomness."""
+    return (tries_before(trial) or [trial.number])[0]
 
 
 def retry_copy(trial: FrozenTrial) -> FrozenTrial:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import Any
 
 import optuna
 import torch
@@ -13,7 +15,9 @@ from sweeper.study.hparams import Hparams
 from sweeper.study.spec import StudySpec
 from sweeper.training.data import Dataset, load_dataset
 from sweeper.training.models import build_network
-from sweeper.training.train import EpochHook, StepHook, resolve_device, seed_everything, train, trial_seed
+from sweeper.training.train import EpochHook, StepHook, Training, resolve_device, seed_everything, trial_seed
+
+log = logging.getLogger("sweeper")
 
 
 def fit(
@@ -25,10 +29,16 @@ def fit(
     on_step: StepHook | None = None,
 ) -> tuple[nn.Module, dict[str, float]]:
     """Build the study's network for ``hp`` and train it; the same seed gives the same network."""
+    training = start(spec, data, hp, seed)
+    return training.model, training.run(on_epoch, on_step)
+
+
+def start(spec: StudySpec, data: Dataset, hp: Hparams, seed: int) -> Training:
+    """The study's network for ``hp``, built from ``seed`` on the data's device, ready to train."""
     seed_everything(seed)
     model = build_network(spec.network, data.in_features, data.num_classes, hp, spec.base_dir)
     model.to(data.train.x.device)
-    return model, train(model, data, hp, spec.train, seed, on_epoch, on_step, spec.metric)
+    return Training(model, data, hp, spec.train, seed, spec.metric)
 
 
 def prepare_data(spec: StudySpec, device: torch.device | str | None = None) -> Dataset:
@@ -47,12 +57,25 @@ class Diverged(optuna.TrialPruned):
 
 
 class TrialHooks:
-    """What a trial's training tells the world around it: its hyperparameters once drawn, each epoch's metrics
-    (a hook may raise ``optuna.TrialPruned`` to stop it there) and its trained network. These do nothing; a
-    worker's trial protocol (``sweeper.workers.protocol``) reports, prunes, tracks and keeps the network."""
+    """What a trial's training tells the world around it, and what it asks of it: its hyperparameters once
+    drawn, the try whose seed it repeats and the checkpoint it continues from (a retried trial), its training
+    (which may then be saved), each epoch's metrics (a hook may raise ``optuna.TrialPruned`` to stop it there)
+    and its trained network. These do nothing; a worker's trial protocol (``sweeper.workers.protocol``) reports,
+    prunes, tracks, checkpoints and keeps the network."""
 
     def started(self, trial: optuna.Trial, hp: Hparams) -> None:
         pass
+
+    def first_try(self, trial: optuna.Trial) -> int:
+        """The number of the trial's first try, where its seed comes from (itself, unless it is a retry)."""
+        return trial.number
+
+    def checkpoint(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        """A ``Training.state_dict`` to continue from (the newest checkpoint of the trial's earlier tries)."""
+        return None
+
+    def training(self, trial: optuna.Trial, training: Training) -> None:
+        """The trial trains with ``training`` from here on (its ``curve`` holds the epochs it resumed with)."""
 
     def epoch(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
         pass
@@ -64,8 +87,8 @@ class TrialHooks:
 class Objective:
     """``objective(trial) -> float``: trains one network and returns ``spec.metric`` on validation.
 
-    It only computes: ``hooks`` (a ``TrialHooks``) are where the trial is reported, pruned, tracked and its
-    network kept. ``on_step`` runs after every training step (the worker's stop check).
+    It only computes: ``hooks`` (a ``TrialHooks``) are where the trial is reported, pruned, tracked,
+    checkpointed and its network kept. ``on_step`` runs after every training step (the worker's stop check).
     """
 
     def __init__(
@@ -76,20 +99,27 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         hp = self.spec.hparams(trial)
         self.hooks.started(trial, hp)
-        history: list[float] = []
-
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            history.append(metrics[self.spec.metric])
-            self.hooks.epoch(trial, epoch, metrics)
-
+        seed = trial_seed(self.spec.seed, self.hooks.first_try(trial))
+        training = start(self.spec, self.data, hp, seed)
+        saved = self.hooks.checkpoint(trial)
+        if saved is not None:
+            try:
+                training.load_state_dict(saved)
+            except Exception as e:  # fits the fingerprint but not this network: start over, never fail on it
+                log.warning("trial %d: its checkpoint does not load (%s: %s); it starts over",
+                            trial.number, type(e).__name__, str(e)[:200])  # fmt: skip
+                training = start(self.spec, self.data, hp, seed)
         try:
-            model, metrics = fit(
-                self.spec, self.data, hp, trial_seed(self.spec.seed, trial.number), on_epoch, self.on_step
-            )
+            self.hooks.training(trial, training)
+
+            def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+                self.hooks.epoch(trial, epoch, metrics)
+
+            metrics = training.run(on_epoch, self.on_step)
         except DivergedError as e:
             # a diverged trial says something about its region of the space: keep it as pruned, with why
             raise Diverged(str(e)) from None
-        self.hooks.trained(trial, model)
+        self.hooks.trained(trial, training.model)
         if self.spec.train.early_stopping_patience is not None:
             return metrics[self.spec.metric]  # its best epoch's
-        return trial_value(history, self.spec.metric_epochs)
+        return trial_value([m[self.spec.metric] for m in training.curve], self.spec.metric_epochs)

@@ -67,7 +67,7 @@ class PopulationRunner:
             self.active[trial.number] = trial
             keys.append(trial.number)
             hps.append(hp)
-            seeds.append(trial_seed(self.spec.seed, trial.number))
+            seeds.append(trial_seed(self.spec.seed, self.protocol.first_try(trial)))
             trial = None
         self.trainer.add(keys, hps, seeds)
 

@@ -7,7 +7,9 @@ trained network waits (``trained``) until it ends: ``finish`` stores why, tells 
 the trial is the study's best so far, and runs the end-of-trial callbacks. A trial another worker failed as
 stale meanwhile (the database was out of reach longer than the heartbeat grace) is dropped with one line
 (``drop_taken``); a worker that stops (SIGTERM, Ctrl-C) fails its running trials and queues them again with the
-same parameters (``stop``).
+same parameters (``stop``), after checkpointing each one's training (``sweeper.workers.checkpoints``): its retry,
+on whichever worker, continues from there (``checkpoint``, ``training``), with the epochs before replayed to
+Optuna and the tracking hooks, so the retry's trial and MLflow run show one whole learning curve.
 """
 
 from __future__ import annotations
@@ -22,9 +24,19 @@ from torch import nn
 
 from sweeper.study import optuna_internals as internals
 from sweeper.study.hparams import Hparams
-from sweeper.study.record import is_best_so_far, set_end_reason, set_lr, tag_trial, with_end_reason
+from sweeper.study.record import (
+    is_best_so_far,
+    set_end_reason,
+    set_lr,
+    set_resumed,
+    tag_trial,
+    tries_before,
+    with_end_reason,
+)
 from sweeper.study.spec import StudySpec
 from sweeper.training.objective import TrialHooks, trial_value
+from sweeper.training.train import Training
+from sweeper.workers.checkpoints import Checkpoints, fingerprint
 from sweeper.workers.shutdown import WorkerStopped, requeue
 
 log = logging.getLogger("sweeper")
@@ -39,7 +51,8 @@ Keep = Callable[[FrozenTrial, Mapping[str, Any]], None]
 
 class TrialProtocol(TrialHooks):
     """A worker's trials from claim to end. ``hooks`` see every epoch's metrics (tracking); ``callbacks`` every
-    trial's end (tracking, progress); ``keep`` the weights of a trial that ends as the study's best so far."""
+    trial's end (tracking, progress); ``keep`` the weights of a trial that ends as the study's best so far;
+    ``checkpoints`` (None: off) the training of a trial, so that its retry can resume it."""
 
     def __init__(
         self,
@@ -49,14 +62,49 @@ class TrialProtocol(TrialHooks):
         hooks: Sequence[EpochHook] = (),
         callbacks: Sequence[Callback] = (),
         keep: Keep | None = None,
+        checkpoints: Checkpoints | None = None,
     ) -> None:
         self.study, self.spec, self.where = study, spec, dict(where)
         self.hooks, self.callbacks, self.keep = list(hooks), list(callbacks), keep
+        self.checkpoints = checkpoints
         self.history: dict[int, list[float]] = {}  # each running trial's metric per epoch, as reported
         self.weights: dict[int, Mapping[str, Any]] = {}  # a trained network, from its last epoch to its end
+        self.tries: dict[int, list[int]] = {}  # each running trial's earlier tries (a retry), oldest first
+        self.trainings: dict[int, Training] = {}  # each running trial's training, which a checkpoint saves
+        self._replaying: set[int] = set()
 
     def begin(self, trial: optuna.Trial) -> None:
         tag_trial(trial, self.where)
+        self.tries[trial.number] = tries_before(internals.frozen(self.study, internals.trial_id(trial)))
+
+    def first_try(self, trial: optuna.Trial) -> int:
+        return (self.tries.get(trial.number) or [trial.number])[0]
+
+    def checkpoint(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        tries = self.tries.get(trial.number)
+        if self.checkpoints is None or not tries:
+            return None
+        found = self.checkpoints.newest(tries, self._fingerprint(trial))
+        if found is None:
+            return None
+        number, state = found
+        epoch, step = int(state["epoch"]), int(state["steps"]) if state.get("perm") is not None else 0
+        set_resumed(trial, number, epoch, step)
+        log.info("trial %d resumes trial %d from its checkpoint at epoch %d%s", trial.number, number, epoch,
+                 f", step {step}" if step else "")  # fmt: skip
+        return state
+
+    def training(self, trial: optuna.Trial, training: Training) -> None:
+        """Keep the trial's training for its checkpoints; replay the epochs it resumed with (reports, hooks)."""
+        self.trainings[trial.number] = training
+        if self.checkpoints is not None:
+            self.checkpoints.started(trial.number)
+        self._replaying.add(trial.number)
+        try:
+            for epoch, metrics in enumerate(training.curve):
+                self.epoch(trial, epoch, metrics)
+        finally:
+            self._replaying.discard(trial.number)
 
     def started(self, trial: optuna.Trial, hp: Hparams) -> None:
         set_lr(trial, hp.lr(self.spec.train.base_lr))
@@ -70,6 +118,11 @@ class TrialProtocol(TrialHooks):
             hook(trial, epoch, metrics)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+        training = self.trainings.get(trial.number)
+        if training is None or self.checkpoints is None or trial.number in self._replaying:
+            return
+        if self.checkpoints.due(trial.number, epoch + 1):
+            self.checkpoints.save(trial.number, self._fingerprint(trial), training.state_dict())
 
     def trained(self, trial: optuna.Trial, model: nn.Module) -> None:
         self.trained_weights(trial.number, model.state_dict())
@@ -83,14 +136,24 @@ class TrialProtocol(TrialHooks):
         return trial_value(self.history[trial.number], self.spec.metric_epochs)
 
     def finish(
-        self, trial: optuna.Trial, state: TrialState, value: float | None = None, reason: str | None = None
+        self,
+        trial: optuna.Trial,
+        state: TrialState,
+        value: float | None = None,
+        reason: str | None = None,
+        requeued: bool = False,
     ) -> FrozenTrial | None:
-        """Store why the trial ended, tell Optuna, keep its network if it is the best so far, run the callbacks.
+        """Store why the trial ended, tell Optuna, keep its network if it is the best so far, run the callbacks;
+        delete its checkpoints and its earlier tries' (unless it is ``requeued``: its retry continues from them).
 
         None when another worker failed the trial as stale meanwhile: it is not ours to tell any more.
         """
         self.history.pop(trial.number, None)
         weights = self.weights.pop(trial.number, None)
+        self.trainings.pop(trial.number, None)
+        tries = self.tries.pop(trial.number, [])
+        if self.checkpoints is not None and not requeued:
+            self.checkpoints.drop([*tries, trial.number])
         try:
             if reason:
                 set_end_reason(trial, reason)
@@ -110,23 +173,31 @@ class TrialProtocol(TrialHooks):
         """A trial another worker failed as stale: say so in one line, end its tracking as failed, go on."""
         self.history.pop(trial.number, None)
         self.weights.pop(trial.number, None)
+        self.trainings.pop(trial.number, None)  # its checkpoints stay: the retry continues from them
+        self.tries.pop(trial.number, None)
         log.warning("trial %d %s; this worker drops it and goes on", trial.number, TAKEN)
         self._ended(with_end_reason(internals.frozen(self.study, internals.trial_id(trial)), TAKEN))
 
     def stop(self, trials: Sequence[optuna.Trial], error: BaseException) -> None:
         """The worker stops with ``trials`` running: each ends as FAIL with why; on a stop request (SIGTERM,
-        Ctrl-C) each is queued again with the same parameters, in one line."""
+        Ctrl-C) each is checkpointed first and queued again with the same parameters, in one line."""
         stopped = isinstance(error, WorkerStopped)
         queued = []
         for trial in trials:
             if internals.frozen(self.study, internals.trial_id(trial)).state != TrialState.RUNNING:
                 continue
+            training = self.trainings.get(trial.number)
+            if stopped and training is not None and self.checkpoints is not None:
+                self.checkpoints.save(trial.number, self._fingerprint(trial), training.state_dict())
             reason = f"{error}; queued again" if stopped else f"{type(error).__name__}: {error}"
-            if self.finish(trial, TrialState.FAIL, reason=reason) is not None and stopped:
+            if self.finish(trial, TrialState.FAIL, reason=reason, requeued=stopped) is not None and stopped:
                 requeue(self.study, internals.trial_id(trial))
                 queued.append(str(trial.number))
         if queued:
             log.warning("trial(s) %s stopped (%s): queued again with the same parameters", ", ".join(queued), error)
+
+    def _fingerprint(self, trial: optuna.Trial, kind: str = "trial") -> str:
+        return fingerprint(self.spec.fingerprint(), trial.params, kind)
 
     def _ended(self, frozen: FrozenTrial) -> None:
         for callback in self.callbacks:

@@ -26,6 +26,7 @@ from sweeper.tracking.tracker import MlflowTracker
 from sweeper.training.objective import Diverged, Objective, prepare_data
 from sweeper.training.population.trainer import unstackable
 from sweeper.workers.budget import claim
+from sweeper.workers.checkpoints import make_checkpoints
 from sweeper.workers.heartbeat import Heartbeat
 from sweeper.workers.progress import ProgressBar, TrialLines, quiet_trial_tracebacks
 from sweeper.workers.protocol import TrialProtocol
@@ -79,7 +80,10 @@ def run_worker(
     callbacks: list[Any] = [c for c in (tracker, bar) if c is not None]
     hooks = [tracker.on_epoch] if tracker is not None else []
     keep = tracker.keep_weights if tracker is not None else None  # the selected network goes with its run
-    protocol = TrialProtocol(study, spec, where, hooks, callbacks, keep)
+    checkpoints = make_checkpoints(
+        spec.train.checkpoint_every, study_name, settings.checkpoint_dir, tracking_uri, record.parent_run_id
+    )
+    protocol = TrialProtocol(study, spec, where, hooks, callbacks, keep, checkpoints)
     try:
         size = population or spec.train.population
         why_not = unstackable(spec)
