@@ -228,3 +228,49 @@ def test_a_checkpoint_for_other_parameters_or_unreadable_is_skipped(tmp_path: Pa
     assert "not readable" in caplog.text
     checkpoints.drop([3, 5])
     assert store.names() == []
+
+
+# -- a population's members: resumed at an epoch's end; exact where no dropout mask is drawn ------------------------
+# (a member's dropout masks come from the population's streams, shared by slot: a resumed member draws other masks)
+STACKED = {
+    "train": {"epochs": 6, "batch_size": 8, "checkpoint_every": 1, "population": 2},
+    "space": {"dropout_input": 0.0, "dropout_hidden": 0.0, "lr_scale": 2.0, "momentum": 0.9, "weight_decay": 1e-4,
+              "lr_decay": 0.9, "max_norm": 3.0, "batch_norm": False},
+}  # fmt: skip
+
+
+def _population(name: str, tmp: Path) -> str:
+    url = f"sqlite:///{tmp}/{name}.db"
+    api.create(parse_spec(tiny_spec_dict(name, trials=2, **STACKED)), storage=url, tracking="")
+    return url
+
+
+def test_killed_population_members_resume_at_their_last_epoch_checkpoint(tmp_path: Path) -> None:
+    ref_url = _population("ref", tmp_path)
+    assert _worker("ref", ref_url, "").wait(timeout=300) == 0
+    ref = {t.number: t for t in StudyRecord.open("ref", ref_url).study.get_trials()}
+
+    url, folder = _population("pop", tmp_path), tmp_path / "checkpoints"
+    proc = _worker("pop", url, "", str(folder))
+    try:
+        _wait_for("both members' second checkpoints",
+                  lambda: {"trial-0-000002.pt", "trial-1-000002.pt"} <= set(DirStore(folder, "pop").names()))  # fmt: skip
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    study = StudyRecord.open("pop", url).study
+    killed = {t.number: len(t.intermediate_values) for t in study.get_trials()}
+    assert _worker("pop", url, "", str(folder)).wait(timeout=300) == 0
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 2
+    for trial in done:
+        first = trial.system_attrs["failed_trial"]
+        resumed = resumed_from(trial)
+        assert resumed is not None and resumed["trial"] == first and resumed["epoch"] >= 2, resumed
+        # each member ends exactly as it did in a population never stopped (no dropout: no mask stream)
+        assert trial.intermediate_values == ref[first].intermediate_values
+        assert trial.value == ref[first].value
+        # epochs trained for it: the killed try's, then from its checkpoint on: at most one interval more than 6
+        assert killed[first] + 6 - resumed["epoch"] <= 6 + 1
+    assert os.listdir(folder / "pop") == []

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -42,6 +43,7 @@ class PopulationRunner:
         self.spec = protocol.spec
         self.trainer = PopulationTrainer(data, self.spec.train, self.spec.network, mask_seed=self.spec.seed)
         self.active: dict[int, optuna.Trial] = {}
+        self.curves: dict[int, list[dict[str, float]]] = {}  # each member's metrics per epoch, for its checkpoints
         self.ran = 0
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sweeper-io")
         self.heartbeat = Heartbeat(study, lambda: [internals.trial_id(t) for t in list(self.active.values())])
@@ -52,6 +54,7 @@ class PopulationRunner:
         keys: list[Hashable] = []
         hps: list[Hparams] = []
         seeds: list[int] = []
+        saved: list[dict[str, Any] | None] = []
         while self.trainer.size + len(keys) < self.size:
             trial = trial or try_claim(self.study, self.budget, self.heartbeat.beat)
             if trial is None:  # the budget is met, or every free slot is another running trial's
@@ -64,12 +67,22 @@ class PopulationRunner:
                 self.trainer.add(keys, hps, seeds)
                 raise SpecError(str(e)) from None
             self.protocol.started(trial, hp)
+            state = self.protocol.checkpoint(trial, kind="member")  # a retry continues its earlier try's epochs
+            curve = list(state["curve"]) if state else []
+            try:
+                self.protocol.replay(trial, curve)
+            except optuna.TrialPruned:
+                self.protocol.finish(trial, TrialState.PRUNED)
+                self.ran, trial = self.ran + 1, None
+                continue
             self.active[trial.number] = trial
+            self.curves[trial.number] = curve
             keys.append(trial.number)
             hps.append(hp)
             seeds.append(trial_seed(self.spec.seed, self.protocol.first_try(trial)))
+            saved.append(state)
             trial = None
-        self.trainer.add(keys, hps, seeds)
+        self.trainer.add(keys, hps, seeds, saved)
 
     def _decide(self, results: list[EpochResult]) -> list[Hashable]:
         """On the I/O thread: report each member's epoch (the trial protocol), prune or finish; return who left."""
@@ -96,6 +109,7 @@ class PopulationRunner:
     def _apply(self, decided: Future[list[Hashable]]) -> None:
         for key in decided.result():
             self.active.pop(key, None)  # type: ignore[call-overload]
+            self.curves.pop(key, None)  # type: ignore[call-overload]
             self.ran += 1
         self.trainer.remove([k for k in self.trainer.keys if k not in self.active])
 
@@ -126,12 +140,24 @@ class PopulationRunner:
             if pending is not None:
                 self._apply(pending)
                 results = [r for r in results if r.key in self.active]
+            self._checkpoint(results)
             if self.protocol.keep is not None:  # a finishing member's trained network, kept until it is told
                 for r in results:
                     if r.epoch >= last:
                         self.protocol.trained_weights(r.key, self.trainer.member(r.key).state_dict())  # type: ignore
             self.trainer.remove([r.key for r in results if r.error or r.epoch >= last])
             pending = self._io.submit(self._decide, results)
+
+    def _checkpoint(self, results: list[EpochResult]) -> None:
+        """Each going-on member's epoch joins its curve; those due a checkpoint are saved (at an epoch's end only:
+        the members move through an epoch together, so half an epoch of one cannot join another stack)."""
+        last = self.spec.train.epochs - 1
+        for r in results:
+            self.curves[r.key].append(r.metrics)  # type: ignore[index]
+            if r.error or r.epoch >= last or not self.protocol.due(self.active[r.key], r.epoch + 1):  # type: ignore
+                continue
+            state = {**self.trainer.member_state(r.key), "curve": self.curves[r.key]}  # type: ignore[index]
+            self.protocol.save(self.active[r.key], state, kind="member")  # type: ignore[index]
 
     def run(self, stop: Shutdown | None = None) -> int:
         """Train until the budget is met or ``stop`` is asked for; return how many trials this worker finished."""

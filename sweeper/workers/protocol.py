@@ -80,11 +80,13 @@ class TrialProtocol(TrialHooks):
     def first_try(self, trial: optuna.Trial) -> int:
         return (self.tries.get(trial.number) or [trial.number])[0]
 
-    def checkpoint(self, trial: optuna.Trial) -> dict[str, Any] | None:
+    def checkpoint(self, trial: optuna.Trial, kind: str = "trial") -> dict[str, Any] | None:
+        """The newest checkpoint of the trial's earlier tries, written by the same ``kind`` of trainer (``trial``:
+        one network, ``member``: a population's), or None."""
         tries = self.tries.get(trial.number)
         if self.checkpoints is None or not tries:
             return None
-        found = self.checkpoints.newest(tries, self._fingerprint(trial))
+        found = self.checkpoints.newest(tries, self._fingerprint(trial, kind))
         if found is None:
             return None
         number, state = found
@@ -97,14 +99,29 @@ class TrialProtocol(TrialHooks):
     def training(self, trial: optuna.Trial, training: Training) -> None:
         """Keep the trial's training for its checkpoints; replay the epochs it resumed with (reports, hooks)."""
         self.trainings[trial.number] = training
+        self.replay(trial, training.curve)
+
+    def replay(self, trial: optuna.Trial, curve: Sequence[dict[str, float]]) -> None:
+        """A trial starts training, resumed after the epochs of ``curve``: those are reported again (Optuna, the
+        tracking hooks), so the retry shows one whole learning curve; raises ``optuna.TrialPruned`` if the pruner
+        now stops it."""
         if self.checkpoints is not None:
             self.checkpoints.started(trial.number)
         self._replaying.add(trial.number)
         try:
-            for epoch, metrics in enumerate(training.curve):
+            for epoch, metrics in enumerate(curve):
                 self.epoch(trial, epoch, metrics)
         finally:
             self._replaying.discard(trial.number)
+
+    def save(self, trial: optuna.Trial, state: dict[str, Any], kind: str = "trial") -> None:
+        """Checkpoint a trial's training ``state`` (a warning if it cannot be written)."""
+        if self.checkpoints is not None:
+            self.checkpoints.save(trial.number, self._fingerprint(trial, kind), state)
+
+    def due(self, trial: optuna.Trial, epochs_done: int) -> bool:
+        """Whether a trial that has trained ``epochs_done`` epochs is due a checkpoint."""
+        return self.checkpoints is not None and self.checkpoints.due(trial.number, epochs_done)
 
     def started(self, trial: optuna.Trial, hp: Hparams) -> None:
         set_lr(trial, hp.lr(self.spec.train.base_lr))
@@ -119,10 +136,8 @@ class TrialProtocol(TrialHooks):
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
         training = self.trainings.get(trial.number)
-        if training is None or self.checkpoints is None or trial.number in self._replaying:
-            return
-        if self.checkpoints.due(trial.number, epoch + 1):
-            self.checkpoints.save(trial.number, self._fingerprint(trial), training.state_dict())
+        if training is not None and trial.number not in self._replaying and self.due(trial, epoch + 1):
+            self.save(trial, training.state_dict())
 
     def trained(self, trial: optuna.Trial, model: nn.Module) -> None:
         self.trained_weights(trial.number, model.state_dict())
@@ -187,8 +202,8 @@ class TrialProtocol(TrialHooks):
             if internals.frozen(self.study, internals.trial_id(trial)).state != TrialState.RUNNING:
                 continue
             training = self.trainings.get(trial.number)
-            if stopped and training is not None and self.checkpoints is not None:
-                self.checkpoints.save(trial.number, self._fingerprint(trial), training.state_dict())
+            if stopped and training is not None:
+                self.save(trial, training.state_dict())
             reason = f"{error}; queued again" if stopped else f"{type(error).__name__}: {error}"
             if self.finish(trial, TrialState.FAIL, reason=reason, requeued=stopped) is not None and stopped:
                 requeue(self.study, internals.trial_id(trial))

@@ -9,6 +9,7 @@ adding new ones (``extend``) is one ``index_select`` / ``cat`` per tensor, so th
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -16,6 +17,8 @@ from sweeper.study.hparams import Hparams, stack_settings
 from sweeper.training.layers import weight_matrices
 from sweeper.training.models import MLP
 from sweeper.training.train import seed_everything
+
+MemberState = dict[str, Any]
 
 
 def _settings(hp: Hparams, base_lr: float) -> dict[str, torch.Tensor]:
@@ -44,17 +47,37 @@ class Stack:
         activation: str,
         base_lr: float,
         device: torch.device,
+        saved: Sequence[MemberState | None] = (),
     ) -> Stack:
-        """Initialize each member exactly as ``objective.fit`` would (same seed -> same weights)."""
+        """Initialize each member exactly as ``objective.fit`` would (same seed -> same weights), or as it was
+        saved (``saved[i]``: a ``member_state``, a resumed trial's)."""
         nets = []
-        for hp, seed in zip(hps, seeds, strict=True):
+        saved = list(saved) or [None] * len(hps)
+        for hp, seed, state in zip(hps, seeds, saved, strict=True):
             seed_everything(seed)
             gaussian = hp.dropout_kind == "gaussian"
             nets.append(MLP(in_features, num_classes, tuple(hidden), hp.dropout, hp.batch_norm, activation, gaussian))
+            if state is not None:
+                nets[-1].load_state_dict(state["model"])
         net = MLP.stack(nets).to(device)
         per = [_settings(hp, base_lr) for hp in hps]
         settings = {k: torch.stack([d[k] for d in per]).to(device) for k in per[0]}
-        return cls(net, settings, {n: torch.zeros_like(p) for n, p in net.named_parameters()})
+        momentum = {n: torch.zeros_like(p) for n, p in net.named_parameters()}
+        for i, state in enumerate(saved):
+            if state is not None:
+                settings["lr"][i] = state["lr"]  # where its learning-rate decay had got to
+                for n, buf in state["momentum"].items():
+                    if n in momentum:
+                        momentum[n][i] = buf
+        return cls(net, settings, momentum)
+
+    def member_state(self, i: int) -> MemberState:
+        """Member ``i``'s weights, momentum and learning rate: what ``build(saved=...)`` takes back."""
+        return {
+            "model": self.net.member(i).state_dict(),
+            "momentum": {n: m[i].clone() for n, m in self.momentum.items()},
+            "lr": float(self.hp["lr"][i]),
+        }
 
     @property
     def size(self) -> int:

@@ -91,9 +91,17 @@ class PopulationTrainer:
     def size(self) -> int:
         return len(self.keys)
 
-    def add(self, keys: Sequence[Hashable], hps: Sequence[Hparams], seeds: Sequence[int]) -> None:
+    def add(
+        self,
+        keys: Sequence[Hashable],
+        hps: Sequence[Hparams],
+        seeds: Sequence[int],
+        saved: Sequence[dict[str, Any] | None] = (),
+    ) -> None:
+        """New members, each from its seed or, where ``saved`` has one, from a ``member_state`` (a resumed trial)."""
         if not keys:
             return
+        saved = list(saved) or [None] * len(keys)
         new = Stack.build(
             hps,
             seeds,
@@ -103,14 +111,25 @@ class PopulationTrainer:
             self.network.activation,
             self.settings.base_lr,
             self.device,
+            saved,
         )
         if self.stack is None:
             self.stack = new
         else:
             self.stack.extend(new)
         self.keys += list(keys)
-        self.epochs += [0] * len(keys)
-        self.gens += [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+        self.epochs += [int(s["epoch"]) if s else 0 for s in saved]
+        for seed, state in zip(seeds, saved, strict=True):
+            self.gens.append(torch.Generator(device=self.device).manual_seed(seed))
+            if state is not None:
+                self.gens[-1].set_state(state["gen"])
+
+    def member_state(self, key: Hashable) -> dict[str, Any]:
+        """A member's training state at an epoch's end (weights, momentum, learning rate, epochs, data order): what
+        ``add`` resumes it from. Not its dropout masks: they come from the population's streams, shared by slot."""
+        assert self.stack is not None
+        j = self.keys.index(key)
+        return {**self.stack.member_state(j), "epoch": self.epochs[j], "gen": self.gens[j].get_state()}
 
     def member(self, key: Hashable) -> torch.nn.Module:
         """A member as a one-trial network (``models.MLP``) with its weights as trained so far."""
