@@ -179,3 +179,24 @@ def test_sweeper_check_passes_on_cuda() -> None:
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("PASS"), res.output
     assert torch.cuda.max_memory_allocated() > 0  # it trained on the GPU
+
+
+def test_a_training_resumed_from_its_checkpoint_continues_on_cuda(spec3: StudySpec, data: Dataset) -> None:
+    """A checkpoint's round trip on the GPU (its CUDA generator included): the resumed run's every epoch and weight
+    against the run never stopped; exact on the CPU (tests/test_resume.py), here within the GPU's nondeterminism."""
+    from test_resume import _interrupted
+
+    from sweeper.training.objective import start
+
+    hp = Hparams(dropout=(0.1, 0.3), lr_scale=2.0, mixup_alpha=0.2, ema_decay=0.9, lr_decay=0.9, batch_norm=True)
+    whole = start(spec3, data, hp, seed=7)
+    whole.run()
+    resumed = _interrupted(spec3, data, hp, 20)  # mid-epoch
+    assert [e.keys() for e in resumed.curve] == [e.keys() for e in whole.curve]
+    for a, b in zip(resumed.curve, whole.curve, strict=True):
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-5), k
+    worst = max((resumed.model.state_dict()[k].float() - v.float()).abs().max().item()
+                for k, v in whole.model.state_dict().items())  # fmt: skip
+    print(f"resumed on CUDA: largest weight difference from the run never stopped {worst:.3g}")
+    assert worst < 1e-4

@@ -117,9 +117,7 @@ def test_sigkilled_trial_resumes_from_its_checkpoint_bit_for_bit(tmp_path: Path,
     assert os.listdir(folder / "killed") == []  # the ended trial's checkpoints are deleted
 
 
-def test_sigterm_checkpoints_mid_epoch_in_mlflow_and_the_retry_resumes_exactly(
-    tmp_path: Path, reference: Any
-) -> None:
+def test_sigterm_checkpoints_mid_epoch_in_mlflow_and_the_retry_resumes_exactly(tmp_path: Path, reference: Any) -> None:
     from mlflow import MlflowClient
 
     url, tracking = _run("term", tmp_path)
@@ -253,8 +251,8 @@ def test_killed_population_members_resume_at_their_last_epoch_checkpoint(tmp_pat
     url, folder = _population("pop", tmp_path), tmp_path / "checkpoints"
     proc = _worker("pop", url, "", str(folder))
     try:
-        _wait_for("both members' second checkpoints",
-                  lambda: {"trial-0-000002.pt", "trial-1-000002.pt"} <= set(DirStore(folder, "pop").names()))  # fmt: skip
+        second = {"trial-0-000002.pt", "trial-1-000002.pt"}
+        _wait_for("both members' second checkpoints", lambda: second <= set(DirStore(folder, "pop").names()))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

@@ -79,11 +79,20 @@ class MlflowStore:
 
     def __init__(self, uri: str, run_id: str) -> None:
         from sweeper.study.urls import mask_url
-        from sweeper.tracking.client import client_for
 
-        self.client, self.run_id = client_for(uri), run_id
+        self.uri, self.run_id = uri, run_id
         self.where = f"the MLflow run {run_id} at {mask_url(uri)} ({self.FOLDER}/)"
+        self._client: Any = None
         self._repo: Any = None
+
+    @property
+    def client(self) -> Any:
+        """The MLflow client, made at the first use (a server that does not answer then is a failed save)."""
+        if self._client is None:
+            from sweeper.tracking.client import client_for
+
+            self._client = client_for(self.uri)
+        return self._client
 
     def names(self) -> list[str]:
         return [os.path.basename(f.path) for f in self.client.list_artifacts(self.run_id, self.FOLDER)]
@@ -128,6 +137,7 @@ class Checkpoints:
         self._seq: dict[int, int] = {}  # trial number -> the sequence number of its newest file
         self._last: dict[int, float] = {}  # trial number -> when it last saved (or started)
         self._cost = 0.0  # the last save's seconds
+        self._failing = False  # the last save failed: the next failures are not warned about again
 
     @property
     def on(self) -> bool:
@@ -156,9 +166,14 @@ class Checkpoints:
             torch.save({"format": FORMAT, "fingerprint": fingerprint, "trial": number, "state": state}, buf)
             self.store.put(f"trial-{number}-{seq:06d}.pt", buf.getvalue())
         except Exception as e:
-            log.warning("trial %d: checkpoint not written to %s (%s: %s); training goes on",
-                        number, self.store.where, type(e).__name__, str(e)[:200])  # fmt: skip
+            log.log(logging.INFO if self._failing else logging.WARNING,
+                    "trial %d: checkpoint not written to %s (%s: %s); training goes on",
+                    number, self.store.where, type(e).__name__, str(e)[:200])  # fmt: skip
+            self._failing = True
             return False
+        if self._failing:
+            log.warning("checkpoints are written to %s again", self.store.where)
+            self._failing = False
         if seq > 1:
             self._delete([f"trial-{number}-{seq - 1:06d}.pt"])
         self._seq[number] = seq
@@ -191,6 +206,10 @@ class Checkpoints:
                 continue
             return number, saved["state"]
         return None
+
+    def saved(self, number: int) -> bool:
+        """Whether this process wrote a checkpoint of trial ``number``."""
+        return number in self._seq
 
     def drop(self, numbers: Iterable[int]) -> None:
         """Delete every checkpoint of trials ``numbers`` (a trial that ended, and its earlier tries)."""
@@ -229,10 +248,6 @@ def make_checkpoints(
     if directory:
         return Checkpoints(DirStore(directory, study), every)
     if tracking and run_id:
-        try:
-            return Checkpoints(MlflowStore(tracking, run_id), every)
-        except Exception as e:
-            log.warning("checkpoints off: the MLflow tracking store does not answer (%s)", type(e).__name__)
-            return None
+        return Checkpoints(MlflowStore(tracking, run_id), every)
     log.info("checkpoints off: tracking is off and no --checkpoint-dir is set (a retried trial starts over)")
     return None

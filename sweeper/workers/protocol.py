@@ -136,7 +136,12 @@ class TrialProtocol(TrialHooks):
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
         training = self.trainings.get(trial.number)
-        if training is not None and trial.number not in self._replaying and self.due(trial, epoch + 1):
+        if (
+            training is not None
+            and trial.number not in self._replaying
+            and epoch + 1 < self.spec.train.epochs  # the last epoch's end is the trial's
+            and self.due(trial, epoch + 1)
+        ):
             self.save(trial, training.state_dict())
 
     def trained(self, trial: optuna.Trial, model: nn.Module) -> None:
@@ -167,8 +172,8 @@ class TrialProtocol(TrialHooks):
         weights = self.weights.pop(trial.number, None)
         self.trainings.pop(trial.number, None)
         tries = self.tries.pop(trial.number, [])
-        if self.checkpoints is not None and not requeued:
-            self.checkpoints.drop([*tries, trial.number])
+        if self.checkpoints is not None and not requeued and (tries or self.checkpoints.saved(trial.number)):
+            self.checkpoints.drop([*tries, trial.number])  # (a first try that never saved has none to look for)
         try:
             if reason:
                 set_end_reason(trial, reason)
