@@ -9,6 +9,7 @@ a folder (``--checkpoint-dir``) and to a local MLflow store's run artifacts (the
 
     python benchmarks/checkpoint_cost.py                      # CPU, ~4 minutes on 2 cores
     python benchmarks/checkpoint_cost.py --out results/checkpoint_cost.txt
+    python benchmarks/checkpoint_cost.py --quick --epochs 2         # a smoke run (seconds)
 
 Measured: an epoch's training time (the median of ``--epochs``), a save's time (the median of 5) and size. The cost
 at ``checkpoint_every: 1`` is one save per epoch; at ``auto`` (the default) a save comes at the first epoch end at
@@ -19,6 +20,7 @@ A SIGTERM (``docker compose stop``, a preemption notice) writes one save at the 
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import platform
 import statistics
@@ -42,6 +44,8 @@ WORKLOADS = {
     "reference MLP": dict(n_train=60_000, in_features=784, hidden=(1024, 1024)),
     "user net ~10M": dict(n_train=10_000, in_features=784, hidden=(3072, 2560)),
 }
+
+QUICK = {"quick MLP": dict(n_train=2_000, in_features=64, hidden=(64, 64))}
 
 
 def _stores(tmp: Path) -> dict[str, Checkpoints]:
@@ -67,20 +71,20 @@ def measure(name: str, n_train: int, in_features: int, hidden: tuple[int, ...], 
     marks = [time.perf_counter()]
     training.run(on_epoch=lambda e, m: marks.append(time.perf_counter()))
     epoch_s = statistics.median(b - a for a, b in zip(marks, marks[1:], strict=False))
+    buf = io.BytesIO()
+    torch.save(training.state_dict(), buf)
+    size = len(buf.getvalue())
     rows = []
     for store, checkpoints in _stores(tmp / name.replace(" ", "_")).items():
-        times, size = [], 0
+        times = []
         for _ in range(5):
             start = time.perf_counter()
             assert checkpoints.save(0, "bench", training.state_dict())
             times.append(time.perf_counter() - start)
-        if isinstance(checkpoints.store, DirStore):
-            size = sum(f.stat().st_size for f in checkpoints.store.dir.iterdir())
         save_s = statistics.median(times)
         every_epochs = max(1, math.ceil(max(AUTO_MIN_S, save_s / AUTO_COST_SHARE) / epoch_s))
-        size_txt = f"{size / 2**20:7.1f}" if size else "   same"
         rows.append(
-            f"{name:15s} {n_params(in_features, hidden) / 1e6:6.2f} M {store:10s} {size_txt} MB "
+            f"{name:15s} {n_params(in_features, hidden) / 1e6:6.2f} M {store:10s} {size / 2**20:7.1f} MB "
             f"{epoch_s:8.2f} s {save_s:7.3f} s {100 * save_s / epoch_s:7.1f} %   every {every_epochs:3d} ep "
             f"{100 * save_s / (every_epochs * epoch_s):6.2f} %"
         )
@@ -91,19 +95,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed per workload (the median is used)")
     parser.add_argument("--out", help="also write the table to this file")
+    parser.add_argument("--quick", action="store_true", help="small networks, 2 epochs: a smoke run (tests)")
     args = parser.parse_args()
+    workloads = QUICK if args.quick else WORKLOADS
     torch.set_num_threads(torch.get_num_threads())
     lines = [
         f"checkpoint cost, {platform.node()} ({platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU)",
         "size: the checkpoint file (weights, momentum, training state); save: torch.save + write, median of 5;",
-        "auto: a save at the first epoch end >= max(60 s, 20 x save) after the last (computed from the two figures)",
+        "auto: a save at the first epoch end >= max(60 s, 20 x save) after the last (computed from the two figures);",
+        "a SIGTERM (docker compose stop: 60 s grace) writes one save at the next step: the save column",
         "",
         f"{'workload':15s} {'params':>8s} {'store':10s} {'size':>10s} {'epoch':>10s} {'save':>9s} "
         f"{'every 1 ep':>9s}   {'auto: interval, cost':>22s}",
     ]
     with tempfile.TemporaryDirectory() as tmp:
-        for name, w in WORKLOADS.items():
+        for name, w in workloads.items():
             rows = measure(name, epochs=args.epochs, tmp=Path(tmp), **w)  # type: ignore[arg-type]
             lines += rows
             print("\n".join(rows), flush=True)

@@ -2,14 +2,19 @@
 # Docker Compose smoke test, with faults inside the stack. On the images of docker/compose.local.yaml
 # (built here; scripts/docker_setup.sh prepares the machine): PostgreSQL + PgBouncer + MLflow server + 3 workers
 # (every study connection through PgBouncer, checked) run studies/digits_smoke.yaml, while
-#   1. kill:    `docker kill` of one worker container mid-trial: another worker fails the trial by heartbeat
-#               and it is run again (same parameters);
+#   1. kill:    `docker kill` of one worker container mid-trial, after the trial's first checkpoints (the study
+#               checkpoints every epoch, in the study's MLflow run): another worker fails the trial by heartbeat
+#               and it is run again (same parameters), resuming from the killed try's newest checkpoint;
 #   2. restart: `docker compose restart postgres` mid-study: the workers wait for the database and carry on;
 #   3. stop:    `docker compose stop worker` mid-trial (SIGTERM): each worker queues its trial again and
-#               exits 0 within its stop grace period; then `docker compose start worker` finishes the study.
+#               exits 0 within its stop grace period, each trial checkpointed at the step it reached; then
+#               `docker compose start worker` finishes the study, each stopped trial resuming from there.
 # Trial counts are printed before and after each fault. At the end: exactly the budget of finished trials,
 # none RUNNING or WAITING, no trial finished twice (a retry and its original), every failed trial retried
 # (or an untrained surplus), trials from all 3 worker containers, and an MLflow run for every finished trial;
+# the killed trial's retry resumed its checkpoint (resumed_from): the epochs trained for it in all are at most its
+# epochs + one checkpoint interval (printed against what restarting it would have cost), and each trial stopped
+# by SIGTERM was resumed too; no checkpoint file is left in the MLflow artifact volume;
 # the study's end steps run once, by one worker: its test score, best_model and refit_model (once each) in
 # MLflow, the study run FINISHED; and no container shows the database password on a command line.
 #
@@ -79,6 +84,9 @@ retry_of() {  # "number state" of the retry of trial $1
        where s.study_name = '$name' and a.value_json = '$1' order by t.number limit 1" || true
 }
 budget=$(sed -n 's/^trials: *\([0-9]*\).*/\1/p' "$SWEEPER_STUDY_FILE")
+epochs=$(sed -n 's/^  epochs: *\([0-9]*\).*/\1/p' "$SWEEPER_STUDY_FILE")
+every=$(sed -n 's/^  checkpoint_every: *\([0-9]*\).*/\1/p' "$SWEEPER_STUDY_FILE")
+[ -n "$epochs" ] && [ -n "$every" ] || fail "$SWEEPER_STUDY_FILE needs train.epochs and a numeric train.checkpoint_every"
 live_workers() { "${compose[@]}" ps -q --status running worker; }
 # a trial seen RUNNING on the same container twice, a second apart: "number host"
 mid_trial() {
@@ -127,13 +135,27 @@ through_pgbouncer() {
 }
 through_pgbouncer
 
-# --- fault 1: docker kill of a worker container mid-trial -----------------------------------------
-found=$(mid_trial)
-read -r k_trial k_host <<<"$found"
+# --- fault 1: docker kill of a worker container mid-trial, after its checkpoints ----------------------
+# A RUNNING trial that reported 2 epochs or more (so its checkpoint after epoch 1 is written: a save follows
+# its epoch's report) and has 2 or more left: "number host epochs-reported".
+checkpointed_trial() {
+  local found
+  while left "waiting for a trial with a checkpoint mid-run"; do
+    [ "$(n_finished)" -lt "$budget" ] || fail "the study finished before the kill: make its trials longer"
+    found=$(sql "select t.number, trim(both '\"' from a.value_json), (select count(*) from trial_intermediate_values v
+                 where v.trial_id = t.trial_id) from trials t join studies s using (study_id) join trial_user_attributes a
+                 on a.trial_id = t.trial_id and a.key = 'host' where s.study_name = '$name' and t.state::text = 'RUNNING'
+                 order by t.number" | awk -v lo=$((every + 1)) -v hi=$((epochs - 2)) '$3 >= lo && $3 <= hi' | head -n1 || true)
+    [ -z "$found" ] || { echo "$found"; return 0; }
+    sleep 0.5
+  done
+}
+found=$(checkpointed_trial)
+read -r k_trial k_host k_epochs <<<"$found"
 log "kill: before $(counts)"
 docker kill "$k_host" >/dev/null
 t_kill=$SECONDS
-log "kill: docker kill $k_host (SIGKILL) while it ran trial #$k_trial"
+log "kill: docker kill $k_host (SIGKILL) while it ran trial #$k_trial, $k_epochs of its $epochs epochs reported (checkpoint every $every)"
 while [ "$(state_of "$k_trial")" != FAIL ]; do left "trial #$k_trial to fail by heartbeat"; sleep 1; done
 log "kill: trial #$k_trial failed by heartbeat $((SECONDS - t_kill))s after the kill (grace ${SWEEPER_HEARTBEAT_GRACE}s)"
 while [ -z "$(retry_of "$k_trial")" ]; do left "a retry of trial #$k_trial"; sleep 1; done
@@ -203,6 +225,70 @@ for c in "${ids[@]}"; do enders=$((enders + $(docker logs "$c" 2>&1 | grep -c 'r
 log "the end steps (test score, best model, refit) ran in one worker: $(for c in "${ids[@]}"; do
   docker logs "$c" 2>&1 | grep -q 'running the end steps' && docker inspect -f '{{.Config.Hostname}}' "$c"; done)"
 no_password_on_command_lines
+
+# --- resumed trials: resumed_from of each retry, epochs reported by each try (trial_intermediate_values) ------
+rows_of() { sql "select count(*) from trial_intermediate_values v join trials t using (trial_id) join studies s
+                 using (study_id) where s.study_name = '$name' and t.number = $1"; }
+resumed_of() {  # "trial epoch step" of trial $1's resumed_from; empty when it started from scratch
+  sql "select a.value_json::jsonb->>'trial', a.value_json::jsonb->>'epoch', a.value_json::jsonb->>'step'
+       from trial_user_attributes a join trials t using (trial_id) join studies s using (study_id)
+       where s.study_name = '$name' and t.number = $1 and a.key = 'resumed_from'" || true
+}
+retries_of() {  # the numbers of every later try of first try $1, oldest first
+  sql "select t.number from trials t join studies s using (study_id) join trial_system_attributes a
+       on a.trial_id = t.trial_id and a.key = 'failed_trial' where s.study_name = '$name' and a.value_json = '$1'
+       order by t.number"
+}
+next_try() {  # the number of the try that retried trial $1 (the last of its retry_history)
+  sql "select t.number from trials t join studies s using (study_id) join trial_system_attributes a
+       on a.trial_id = t.trial_id and a.key = 'retry_history' where s.study_name = '$name'
+       and (a.value_json::jsonb->>-1)::int = $1 order by t.number limit 1"
+}
+seconds_of() { sql "select round(extract(epoch from t.datetime_complete - t.datetime_start)::numeric, 1) $in_study and t.number = $1"; }
+# epochs trained for the trial, over all its tries: each try's reported epochs less those it resumed with
+mapfile -t k_retries < <(retries_of "$k_trial")
+[ ${#k_retries[@]} -ge 1 ] || fail "trial #$k_trial (killed) was never retried"
+k_first=${k_retries[0]} k_last=${k_retries[-1]}
+read -r from_trial from_epoch from_step <<<"$(resumed_of "$k_first")"
+[ "$from_trial" = "$k_trial" ] \
+  || fail "the killed trial #$k_trial's retry #$k_first did not resume its checkpoint (resumed_from: '${from_trial:-none}')"
+k_rows=$(rows_of "$k_trial") total=$(rows_of "$k_trial") chain="#$k_trial"
+for r in "${k_retries[@]}"; do
+  read -r _ e _ <<<"$(resumed_of "$r")"
+  total=$((total + $(rows_of "$r") - ${e:-0})) chain+=" -> #$r"
+done
+final_epochs=$(rows_of "$k_last") final_state=$(state_of "$k_last")
+restart=$((k_rows + final_epochs))
+[ "$total" -le $((final_epochs + every)) ] \
+  || fail "the killed trial #$k_trial was trained $total epochs in all ($chain), over its $final_epochs + $every (one checkpoint interval)"
+retry_s=$(seconds_of "$k_first")
+per_epoch=$(awk -v s="$retry_s" -v n=$(( $(rows_of "$k_first") - from_epoch )) 'BEGIN { if (n > 0) printf "%.1f", s / n; else print "?" }')
+log "resume (kill): trial #$k_trial, killed after $k_rows reported epochs, was resumed by its retry #$k_first from its checkpoint at epoch $from_epoch (step $from_step); tries $chain ($final_state)"
+log "resume (kill): epochs trained for trial #$k_trial in all: $total with resume (<= $final_epochs + $every) vs $restart restarting it ($k_rows + $final_epochs): $((restart - total)) epoch(s) saved, ~$(awk -v p="$per_epoch" -v n=$((restart - total)) 'BEGIN { printf "%.0f", p * n }')s at the retry's ${per_epoch}s an epoch (the retry ran ${retry_s}s for its $(( $(rows_of "$k_first") - from_epoch )) epochs)"
+
+# each trial stopped by SIGTERM: its retry continued its checkpoint (taken at the step the stop reached)
+mapfile -t stopped_trials < <(sql "select t.number from trials t join studies s using (study_id) join trial_user_attributes a
+  on a.trial_id = t.trial_id and a.key = 'end_reason' where s.study_name = '$name' and t.state::text = 'FAIL'
+  and a.value_json like '%SIGTERM%queued again%' order by t.number")
+[ ${#stopped_trials[@]} -ge 1 ] || fail "no trial ended as stopped by SIGTERM and queued again"
+for s_trial in "${stopped_trials[@]}"; do
+  r=$(next_try "$s_trial") s_rows=$(rows_of "$s_trial")
+  [ -n "$r" ] || fail "trial #$s_trial (stopped) was never retried"
+  read -r from_trial from_epoch from_step <<<"$(resumed_of "$r")"
+  if [ "$from_trial" = "$s_trial" ]; then
+    log "resume (stop): trial #$s_trial, stopped by SIGTERM after $s_rows reported epochs, was resumed by its retry #$r ($(state_of "$r")) from its checkpoint at epoch $from_epoch, step $from_step"
+  elif [ "$s_rows" = 0 ] && [ -z "$from_trial" ]; then
+    log "resume (stop): trial #$s_trial was stopped before its training began (no epoch reported, nothing to checkpoint); its retry #$r started it"
+  else
+    fail "trial #$s_trial (stopped by SIGTERM after $s_rows reported epochs): its retry #$r did not resume its checkpoint (resumed_from: '${from_trial:-none}')"
+  fi
+done
+
+# a finished trial deletes its checkpoints (and its earlier tries'): none left in the MLflow artifact volume
+left_over=$("${compose[@]}" exec -T mlflow find /mlartifacts -path '*/checkpoints/*' -type f 2>&1) \
+  || fail "could not list /mlartifacts in the mlflow container: $left_over"
+[ -z "$left_over" ] || fail "checkpoint files left in the MLflow artifacts after the study: $(tr '\n' ' ' <<<"$left_over")"
+log "no checkpoint file left in the MLflow artifact volume (/mlartifacts/*/*/artifacts/checkpoints/)"
 
 # Checked from inside the compose network, with the study storage and MLflow server the workers used.
 "${compose[@]}" run --rm --no-deps -T -e SWEEPER_STUDY_NAME -e SWEEPER_STUDY_FILE --entrypoint python3 create - "${hosts[@]}" <<'PY'
@@ -291,4 +377,4 @@ if problems:
 PY
 log "what the stack leaves behind, as 'docker compose run --rm create status $name' prints it:"
 "${compose[@]}" run --rm --no-deps -T create status "$name" 2>/dev/null | sed 's/^/    /'
-log "checks passed: budget exact, no surplus, no repeated parameters, nothing lost, duplicated or left RUNNING, every trial in MLflow, the study ended once (test score, best_model, refit), no password on a command line"
+log "checks passed: budget exact, no surplus, no repeated parameters, nothing lost, duplicated or left RUNNING, every trial in MLflow, killed and stopped trials resumed from their checkpoints (none left), the study ended once (test score, best_model, refit), no password on a command line"

@@ -47,3 +47,13 @@ def test_storage_scale_quick_run_writes_its_table_and_plot(tmp_path: Path) -> No
         assert (done, over, failed, left) == (budget, "0", "0", "0"), (path, n, rest)
         assert rest[-1] == "none", (path, n, rest)  # errors the workers met
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_checkpoint_cost_quick_run_writes_its_table(tmp_path: Path) -> None:
+    out = tmp_path / "cost.txt"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "checkpoint_cost.py"), "--quick", "--epochs", "2"]
+    cmd += ["--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [line for line in out.read_text().splitlines() if line.startswith("quick MLP")]
+    assert [r.split()[4] for r in rows] == ["folder", "MLflow"], rows  # both stores measured
