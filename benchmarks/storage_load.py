@@ -129,6 +129,8 @@ def one_worker(name: str, url: str, index: int, deadline: float, epochs: int, ep
             study = record.study
             study.ask = _timed(study.ask, "ask", timings)  # type: ignore[method-assign]
             study.tell = _timed(study.tell, "tell", timings)  # type: ignore[method-assign]
+            for step in ("infer_relative_search_space", "sample_relative", "sample_independent"):  # TPE's own work
+                setattr(study.sampler, step, _timed(getattr(study.sampler, step), "sample", timings))
             objective = StandIn(record.spec, epochs, epoch_s, seed=index, timings=timings)
             done = _Finished(timings)
             protocol = TrialProtocol(study, record.spec, {"worker": str(index)}, callbacks=[done])
