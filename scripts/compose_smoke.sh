@@ -284,6 +284,12 @@ for s_trial in "${stopped_trials[@]}"; do
   fi
 done
 
+# a checkpoint not written (e.g. while the database restarted: MLflow's server answers for the run from it) is a
+# warning and training goes on: shown, not failed
+ck_warn=$(for c in "${ids[@]}"; do docker logs "$c" 2>&1 | grep -E 'checkpoint.*not (written|readable)|written for another' || true; done)
+log "checkpoint warnings in the worker logs: $(grep -c . <<<"$ck_warn" || true)"
+[ -z "$ck_warn" ] || sed 's/^/    /' <<<"$ck_warn"
+
 # a finished trial deletes its checkpoints (and its earlier tries'): none left in the MLflow artifact volume
 left_over=$("${compose[@]}" exec -T mlflow find /mlartifacts -path '*/checkpoints/*' -type f 2>&1) \
   || fail "could not list /mlartifacts in the mlflow container: $left_over"

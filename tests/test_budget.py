@@ -122,3 +122,38 @@ def test_workers_started_without_an_id_never_repeat_a_trial(pg_url: str, tmp_pat
     assert [t for t in trials if t.state == TrialState.FAIL] == []  # no surplus trial in a fault-free run
     params = [tuple(sorted(t.params.items())) for t in trials]
     assert len(params) == len(set(params)), "two workers trained the same parameters"
+
+
+def test_a_claim_racing_the_reaper_takes_the_retry_not_a_new_trial(
+    storage_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reaper fails a dead worker's trial and queues its retry under the study lock, as one step: a claim in
+    between would see the slot free, make a new trial in it and leave the retry waiting past the budget (the dead
+    trial's work, and its checkpoint, lost)."""
+    url = storage_url
+    name = optuna.create_study(storage=make_storage(url)).study_name
+    dead = optuna.load_study(study_name=name, storage=make_storage(url, heartbeat_interval=1, grace_period=2))
+    dead._storage.record_heartbeat(internals.trial_id(dead.ask()))  # the budget's one slot; then the worker dies
+    alive = optuna.load_study(study_name=name, storage=make_storage(url, heartbeat_interval=1, grace_period=2))
+    deadline = time.monotonic() + 30
+    while not internals.has_stale_trials(alive) and time.monotonic() < deadline:  # past the grace (database clock)
+        time.sleep(0.2)
+
+    failed, queue_retry = threading.Event(), optuna.storages.RetryHeartbeatStaleTrialCallback.__call__
+
+    def slow_retry(self: Any, study: optuna.Study, trial: Any) -> None:
+        failed.set()  # the trial is FAIL now; its retry is not queued yet
+        time.sleep(1.0)
+        queue_retry(self, study, trial)
+
+    monkeypatch.setattr(optuna.storages.RetryHeartbeatStaleTrialCallback, "__call__", slow_retry)
+    reaper = threading.Thread(target=Heartbeat(alive, lambda: []).reap)
+    reaper.start()
+    assert failed.wait(30)
+    claimer = optuna.load_study(study_name=name, storage=make_storage(url))
+    trial = try_claim(claimer, 1, lambda tid: None)
+    reaper.join()
+    assert trial is not None
+    trials = claimer.get_trials(deepcopy=False)
+    assert trials[trial.number].system_attrs.get("failed_trial") == 0  # the claim took the retry
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING]  # and made no trial past the budget

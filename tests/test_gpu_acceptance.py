@@ -21,7 +21,7 @@ def test_gpu_acceptance_dry_run_passes_every_step(tmp_path: Path) -> None:
     lines = report.splitlines()
     expected = [
         "PASS imports",
-        "SKIP CUDA tests: (no CUDA) 7 skipped",  # collected and skipped with the reason, none failed to import
+        "SKIP CUDA tests: (no CUDA) 8 skipped",  # collected and skipped with the reason, none failed to import
         "PASS main job: launch --trials 4:",
         "PASS launch --trials 4 --population 4:",
         "PASS launch --trials 4 --workers 2 --gpus all:",

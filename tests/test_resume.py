@@ -146,6 +146,7 @@ def test_sigterm_checkpoints_mid_epoch_in_mlflow_and_the_retry_resumes_exactly(t
     run = client.search_runs([exp.experiment_id], f"tags.`optuna.trial_number` = '{trial.number}'")[0]
     curve = client.get_metric_history(run.info.run_id, "val_accuracy")  # one whole curve in the retry's run
     assert sorted(m.step for m in curve) == list(range(6))
+    assert run.data.tags["sweeper.resumed_from"].startswith(f"trial {stopped[0].number}, epoch ")
 
 
 # -- the training state alone, in this process: what a checkpoint must hold --------------------------------------

@@ -63,6 +63,12 @@ def heartbeat_storage(study: optuna.Study) -> Any | None:
     return st if isinstance(st, BaseHeartbeat) and is_heartbeat_enabled(st) else None
 
 
+def has_stale_trials(study: optuna.Study) -> bool:
+    """Whether Optuna's stale-trial check would fail a trial now (one query; nothing is changed)."""
+    st = heartbeat_storage(study)
+    return st is not None and bool(st._get_stale_trial_ids(study._study_id))
+
+
 def fail_stale_trials(study: optuna.Study) -> None:
     """Optuna's own check: RUNNING trials whose heartbeat is older than the grace period are failed and retried."""
     with warnings.catch_warnings():  # experimental since 2.x; a no-op unless the storage has heartbeats on

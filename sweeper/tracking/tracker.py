@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.study.record import end_reason
+from sweeper.study.record import end_reason, resumed_from
 from sweeper.study.urls import mask_url
 from sweeper.tracking.outbox import WEIGHTS_FILE, Outbox
 from sweeper.tracking.sender import BackgroundSender
@@ -116,6 +116,9 @@ class MlflowTracker(Outbox):
         reason = end_reason(trial)
         if reason:
             tags["sweeper.end_reason"] = str(reason)[:5000]
+        resumed = resumed_from(trial)
+        if resumed:  # this run replays the earlier try's epochs: one whole curve; that try's run ended FAILED
+            tags["sweeper.resumed_from"] = f"trial {resumed['trial']}, epoch {resumed['epoch']}, step {resumed['step']}"
         ts = int(time.time() * 1000)
         final = []
         if trial.duration is not None:

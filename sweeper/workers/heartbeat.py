@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 import optuna
 
 from sweeper.study import optuna_internals as internals
+from sweeper.study.lock import study_lock
 from sweeper.study.record import heartbeat_settings
 
 log = logging.getLogger("sweeper")
@@ -55,17 +56,29 @@ class Heartbeat:
             self.storage.record_heartbeat(trial_id)
 
     def reap(self) -> None:
-        """Fail (and queue the retry of) every trial of a dead worker; safe to call from any thread."""
+        """Fail (and queue the retry of) every trial of a dead worker; safe to call from any thread.
+
+        Under the study's lock, as a claim is (``sweeper.workers.budget``): a claim never sees a failed trial
+        before its retry is queued, which would let it create a new trial in the slot and leave the retry
+        waiting past the budget (the killed trial's work lost). The lock is taken only when there is a trial
+        to fail."""
         if self.storage is None:
             return
-        internals.fail_stale_trials(self.study)
+        if internals.has_stale_trials(self.study):
+            with study_lock(self.study):
+                internals.fail_stale_trials(self.study)
         now = time.monotonic()
         unbeaten = set(internals.running_without_heartbeat(self.study))
         mine = set(self.running_ids())
         self._unbeaten = {t: self._unbeaten.get(t, now) for t in unbeaten - mine}
-        for tid, since in list(self._unbeaten.items()):
-            if now - since >= self.grace and internals.fail_and_retry(self.study, tid):
-                log.info("trial id %d never recorded a heartbeat in %d s: failed and queued again", tid, self.grace)
+        due = [tid for tid, since in self._unbeaten.items() if now - since >= self.grace]
+        if not due:
+            return
+        with study_lock(self.study):
+            for tid in due:
+                if internals.fail_and_retry(self.study, tid):
+                    log.info("trial id %d never recorded a heartbeat in %d s: failed and queued again", tid,
+                             self.grace)  # fmt: skip
                 del self._unbeaten[tid]
 
     def _run(self) -> None:

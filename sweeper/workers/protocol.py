@@ -24,6 +24,7 @@ from torch import nn
 
 from sweeper.study import optuna_internals as internals
 from sweeper.study.hparams import Hparams
+from sweeper.study.lock import study_lock
 from sweeper.study.record import (
     is_best_so_far,
     set_end_reason,
@@ -168,6 +169,15 @@ class TrialProtocol(TrialHooks):
 
         None when another worker failed the trial as stale meanwhile: it is not ours to tell any more.
         """
+        frozen = self._tell(trial, state, value, reason, requeued)
+        if frozen is not None:
+            self._ended(frozen)
+        return frozen
+
+    def _tell(
+        self, trial: optuna.Trial, state: TrialState, value: float | None, reason: str | None, requeued: bool
+    ) -> FrozenTrial | None:
+        """``finish`` but the callbacks."""
         self.history.pop(trial.number, None)
         weights = self.weights.pop(trial.number, None)
         self.trainings.pop(trial.number, None)
@@ -186,7 +196,6 @@ class TrialProtocol(TrialHooks):
         if weights is not None and self.keep is not None and frozen.state == TrialState.COMPLETE:
             if is_best_so_far(self.study, frozen):  # the network a user gets if it stays the best
                 self.keep(frozen, weights)
-        self._ended(frozen)
         return frozen
 
     def drop_taken(self, trial: optuna.Trial) -> None:
@@ -210,8 +219,16 @@ class TrialProtocol(TrialHooks):
             if stopped and training is not None:
                 self.save(trial, training.state_dict())
             reason = f"{error}; queued again" if stopped else f"{type(error).__name__}: {error}"
-            if self.finish(trial, TrialState.FAIL, reason=reason, requeued=stopped) is not None and stopped:
-                requeue(self.study, internals.trial_id(trial))
+            if not stopped:
+                self.finish(trial, TrialState.FAIL, reason=reason)
+                continue
+            # under the study's lock, as a claim is: no claim sees the slot free before the retry is queued in it
+            with study_lock(self.study):
+                frozen = self._tell(trial, TrialState.FAIL, None, reason, requeued=True)
+                if frozen is not None:
+                    requeue(self.study, internals.trial_id(trial))
+            if frozen is not None:
+                self._ended(frozen)
                 queued.append(str(trial.number))
         if queued:
             log.warning("trial(s) %s stopped (%s): queued again with the same parameters", ", ".join(queued), error)
