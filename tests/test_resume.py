@@ -273,3 +273,14 @@ def test_killed_population_members_resume_at_their_last_epoch_checkpoint(tmp_pat
         # epochs trained for it: the killed try's, then from its checkpoint on: at most one interval more than 6
         assert killed[first] + 6 - resumed["epoch"] <= 6 + 1
     assert os.listdir(folder / "pop") == []
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_warning_and_training_goes_on(tmp_path: Path, caplog: Any) -> None:
+    (tmp_path / "study").write_text("a file where the checkpoint folder should be")
+    checkpoints = Checkpoints(DirStore(tmp_path, "study"), 1)
+    with caplog.at_level("INFO", logger="sweeper"):
+        assert not checkpoints.save(1, "fp", {"epoch": 1})
+        assert not checkpoints.save(2, "fp", {"epoch": 1})
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "not written" in r.getMessage()]
+    assert [level for level, _ in said] == ["WARNING", "INFO"], said  # warned once per outage, not per trial
+    assert "training goes on" in said[0][1]
