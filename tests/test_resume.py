@@ -115,6 +115,13 @@ def test_sigkilled_trial_resumes_from_its_checkpoint_bit_for_bit(tmp_path: Path,
     assert resumed is not None and resumed["trial"] == 0 and 2 <= resumed["epoch"] < 6, resumed
     _same((trial, weights), reference)
     assert os.listdir(folder / "killed") == []  # the ended trial's checkpoints are deleted
+    from mlflow import MlflowClient
+
+    api.finish("killed", storage=url, tracking=tracking)  # the end steps, which `sweeper launch` runs
+    client = MlflowClient(tracking_uri=tracking)
+    exp = client.get_experiment_by_name("killed")
+    killed = client.search_runs([exp.experiment_id], "tags.`optuna.trial_number` = '0'")
+    assert [r.info.status for r in killed] in ([], ["FAILED"])  # the dead worker's run is not left RUNNING
 
 
 def test_sigterm_checkpoints_mid_epoch_in_mlflow_and_the_retry_resumes_exactly(tmp_path: Path, reference: Any) -> None:

@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper.errors import StudyError, TrackingError
-from sweeper.study.record import StudyRecord
+from sweeper.study.record import StudyRecord, end_reason
 from sweeper.study.spec import StudySpec
 from sweeper.study.urls import mask_url
 from sweeper.tracking.client import client_for
@@ -192,6 +192,7 @@ def log_study_dashboard(uri: str, record: StudyRecord, strict: bool = False) -> 
         log_study_summary(client, str(parent), study)
         log_study_plots(client, str(parent), study)
         if done:  # the study ended when its last trial did, whoever logs it and whenever
+            end_orphaned_runs(client, str(parent), study)
             ends = [t.datetime_complete for t in study.get_trials(deepcopy=False) if t.datetime_complete]
             end_ms = int(max(ends).timestamp() * 1000) if ends else None
             client.set_terminated(str(parent), status="FINISHED", end_time=end_ms)
@@ -201,6 +202,24 @@ def log_study_dashboard(uri: str, record: StudyRecord, strict: bool = False) -> 
         log.warning(
             "MLflow tracking at %s failed (%s); results stay in the study database", mask_url(uri), type(e).__name__
         )
+
+
+def end_orphaned_runs(client: MlflowClient, parent_run_id: str, study: optuna.Study) -> None:
+    """Trial runs left RUNNING by a worker that died (its trial failed by heartbeat, and retried, resumed from its
+    checkpoint: the retry's run holds the whole curve) end as FAILED, when their trial ended, with why."""
+    exp = client.get_run(parent_run_id).info.experiment_id
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'"
+    trials = study.get_trials(deepcopy=False)
+    for run in client.search_runs([exp], query, max_results=1000):
+        number = int(run.data.tags.get("optuna.trial_number", -1))
+        trial = trials[number] if 0 <= number < len(trials) else None
+        if trial is None or trial.state != TrialState.FAIL:
+            continue
+        why = end_reason(trial) or "its worker died (no heartbeat); the trial was failed"
+        client.set_tag(run.info.run_id, "sweeper.state", trial.state.name)
+        client.set_tag(run.info.run_id, "sweeper.end_reason", str(why)[:5000])
+        end = int(trial.datetime_complete.timestamp() * 1000) if trial.datetime_complete else None
+        client.set_terminated(run.info.run_id, status="FAILED", end_time=end)
 
 
 def log_best_model(
