@@ -269,9 +269,10 @@ def set_lr(trial: optuna.Trial, lr: float) -> None:
     trial.set_user_attr(_LR, lr)
 
 
-def set_resumed(trial: optuna.Trial, number: int, epoch: int, step: int) -> None:
-    """The trial continued trial ``number``'s checkpoint, taken at ``epoch`` (and ``step`` into it)."""
-    trial.set_user_attr(_RESUMED, {"trial": number, "epoch": epoch, "step": step})
+def set_resumed(trial: optuna.Trial, number: int | None, epoch: int = 0, step: int = 0) -> None:
+    """The trial continued trial ``number``'s checkpoint, taken at ``epoch`` (and ``step`` into it); ``None``: it
+    did not (a retry inherits its earlier try's attributes: this one's own word replaces theirs)."""
+    trial.set_user_attr(_RESUMED, None if number is None else {"trial": number, "epoch": epoch, "step": step})
 
 
 def resumed_from(trial: FrozenTrial) -> dict[str, int] | None:
@@ -309,7 +310,7 @@ def first_try(trial: FrozenTrial) -> int:
 
 
 def retry_copy(trial: FrozenTrial) -> FrozenTrial:
-    """A copy of a stopped trial to queue again: same parameters and attributes, but no end reason."""
+    """A copy of a stopped trial to queue again: same parameters and attributes, but no end reason or resume."""
     retry = copy.copy(trial)
-    retry.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != _END_REASON}
+    retry.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in (_END_REASON, _RESUMED)}
     return retry

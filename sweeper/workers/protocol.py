@@ -27,6 +27,7 @@ from sweeper.study.hparams import Hparams
 from sweeper.study.lock import study_lock
 from sweeper.study.record import (
     is_best_so_far,
+    resumed_from,
     set_end_reason,
     set_lr,
     set_resumed,
@@ -76,7 +77,10 @@ class TrialProtocol(TrialHooks):
 
     def begin(self, trial: optuna.Trial) -> None:
         tag_trial(trial, self.where)
-        self.tries[trial.number] = tries_before(internals.frozen(self.study, internals.trial_id(trial)))
+        frozen = internals.frozen(self.study, internals.trial_id(trial))
+        self.tries[trial.number] = tries_before(frozen)
+        if resumed_from(frozen):  # inherited from the try it repeats (Optuna's retry copies the attributes)
+            set_resumed(trial, None)
 
     def first_try(self, trial: optuna.Trial) -> int:
         return (self.tries.get(trial.number) or [trial.number])[0]
