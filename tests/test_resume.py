@@ -291,3 +291,23 @@ def test_a_checkpoint_that_cannot_be_written_is_one_warning_and_training_goes_on
     said = [(r.levelname, r.getMessage()) for r in caplog.records if "not written" in r.getMessage()]
     assert [level for level, _ in said] == ["WARNING", "INFO"], said  # warned once per outage, not per trial
     assert "training goes on" in said[0][1]
+
+
+def test_a_retry_does_not_inherit_its_earlier_trys_resume(tmp_path: Path) -> None:
+    """Optuna's retry copies the failed try's attributes: its ``resumed_from`` must not read as the retry's own."""
+    import warnings
+
+    from sweeper.study.record import set_resumed
+    from sweeper.workers.protocol import TrialProtocol
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
+    first = study.ask()
+    set_resumed(first, 0, 2, 0)
+    study.tell(first, state=TrialState.FAIL)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.storages.RetryHeartbeatStaleTrialCallback()(study, study.trials[0])
+    retry = study.ask()  # the queued retry
+    assert resumed_from(study.trials[1]) is not None  # inherited
+    TrialProtocol(study, parse_spec(tiny_spec_dict()), {}).begin(retry)
+    assert resumed_from(study.trials[1]) is None
