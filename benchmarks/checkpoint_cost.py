@@ -12,8 +12,8 @@ a folder (``--checkpoint-dir``) and to a local MLflow store's run artifacts (the
     python benchmarks/checkpoint_cost.py --quick --epochs 2         # a smoke run (seconds)
 
 Measured: an epoch's training time (the median of ``--epochs``), a save's time (the median of 5) and size. The cost
-at ``checkpoint_every: 1`` is one save per epoch; at ``auto`` (the default) a save comes at the first epoch end at
-least max(60 s, 20 x the save's time) after the last one, so its cost is computed from the two measured figures.
+at ``checkpoint_every: 1`` is one save per epoch; at ``auto`` (the default) a save comes at the first training step
+at least max(60 s, 20 x the save's time) after the last one, so its cost is the save's time over that interval.
 A SIGTERM (``docker compose stop``, a preemption notice) writes one save at the next step: its time is the save's.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import math
 import platform
 import statistics
 import sys
@@ -82,11 +81,11 @@ def measure(name: str, n_train: int, in_features: int, hidden: tuple[int, ...], 
             assert checkpoints.save(0, "bench", training.state_dict())
             times.append(time.perf_counter() - start)
         save_s = statistics.median(times)
-        every_epochs = max(1, math.ceil(max(AUTO_MIN_S, save_s / AUTO_COST_SHARE) / epoch_s))
+        interval = max(AUTO_MIN_S, save_s / AUTO_COST_SHARE)
         rows.append(
             f"{name:15s} {n_params(in_features, hidden) / 1e6:6.2f} M {store:10s} {size / 2**20:7.1f} MB "
-            f"{epoch_s:8.2f} s {save_s:7.3f} s {100 * save_s / epoch_s:7.1f} %   every {every_epochs:3d} ep "
-            f"{100 * save_s / (every_epochs * epoch_s):6.2f} %"
+            f"{epoch_s:8.2f} s {save_s:7.3f} s {100 * save_s / epoch_s:7.1f} %   every {interval:4.0f} s "
+            f"{100 * save_s / interval:6.2f} %"
         )
     return rows
 
@@ -103,7 +102,7 @@ def main() -> None:
         f"checkpoint cost, {platform.node()} ({platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU)",
         "size: the checkpoint file (weights, momentum, training state); save: torch.save + write, median of 5;",
-        "auto: a save at the first epoch end >= max(60 s, 20 x save) after the last (computed from the two figures);",
+        "auto: a save at the first step >= max(60 s, 20 x save) after the last: its cost is save / that interval;",
         "a SIGTERM (docker compose stop: 60 s grace) writes one save at the next step: the save column",
         "",
         f"{'workload':15s} {'params':>8s} {'store':10s} {'size':>10s} {'epoch':>10s} {'save':>9s} "

@@ -156,6 +156,9 @@ def test_sigterm_checkpoints_mid_epoch_in_mlflow_and_the_retry_resumes_exactly(t
     assert run.data.tags["sweeper.resumed_from"].startswith(f"trial {stopped[0].number}, epoch ")
 
 
+SAFE = {"lr_scale": 1.0, "momentum": 0.9, "max_norm": 3.0}  # a trial that trains at batch size 1, never diverges
+
+
 # -- the training state alone, in this process: what a checkpoint must hold --------------------------------------
 HPS = {
     "sgd": Hparams(dropout=(0.1, 0.3, 0.2), lr_scale=2.0, weight_decay=1e-4, mixup_alpha=0.2, ema_decay=0.9,
@@ -201,7 +204,8 @@ def test_training_state_round_trip_continues_exactly(kind: str) -> None:
     data = prepare_data(spec, "cpu")
     whole = start(spec, data, HPS[kind], seed=7)
     whole.run()
-    for at in (1, 45, 60):  # mid-epoch, mid-epoch, an epoch's last step (~38 steps an epoch)
+    per_epoch = -(-len(data.train.x) // 32)
+    for at in (1, per_epoch, per_epoch + 7):  # mid-epoch, an epoch's last step, mid-epoch
         resumed = _interrupted(spec, data, HPS[kind], at)
         assert resumed.curve == whole.curve, at
         for k, v in whole.model.state_dict().items():
@@ -311,3 +315,31 @@ def test_a_retry_does_not_inherit_its_earlier_trys_resume(tmp_path: Path) -> Non
     assert resumed_from(study.trials[1]) is not None  # inherited
     TrialProtocol(study, parse_spec(tiny_spec_dict()), {}).begin(retry)
     assert resumed_from(study.trials[1]) is None
+
+
+def test_auto_checkpoints_within_an_epoch_once_its_interval_has_passed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An epoch of an hour is checkpointed within it (``auto``), at a step: the state a retry resumes exactly."""
+    import sweeper.workers.checkpoints as checkpoints_module
+    from sweeper.training.objective import Objective
+    from sweeper.workers.protocol import TrialProtocol
+
+    monkeypatch.setattr(checkpoints_module, "AUTO_MIN_S", 0.05)  # a minute, scaled to this epoch
+    monkeypatch.setattr(checkpoints_module, "AUTO_COST_SHARE", 1.0)  # and the save's time with it
+    spec = parse_spec(tiny_spec_dict("auto", train={"epochs": 1, "batch_size": 1}, space=SAFE))  # ~1,250 steps
+    data = prepare_data(spec, "cpu")
+    written: list[bytes] = []
+
+    class Kept(DirStore):
+        def put(self, name: str, blob: bytes) -> None:
+            written.append(blob)
+            super().put(name, blob)
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    protocol = TrialProtocol(study, spec, {}, checkpoints=Checkpoints(Kept(tmp_path, "auto"), "auto"))
+    study.optimize(Objective(spec, data, protocol), n_trials=1)
+    assert study.trials[0].state == TrialState.COMPLETE
+    assert len(written) >= 2, len(written)  # one epoch, several checkpoints
+    states = [torch.load(io.BytesIO(b), weights_only=True)["state"] for b in written]
+    assert all(s["epoch"] == 0 and s["perm"] is not None and 0 < s["pos"] < len(data.train.x) for s in states)

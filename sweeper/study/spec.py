@@ -164,8 +164,9 @@ class TrainSpec(_Section):
     checkpoint_every: int | Literal["auto", "off"] = Field(
         "auto",
         description="checkpoint a trial every N epochs, so that its retry (worker killed or preempted) resumes "
-        "instead of starting over; auto: at most once a minute and under 5% of training time (short trials never "
-        "at an epoch's end); off: never. A stopped worker (SIGTERM) checkpoints its trial unless off",
+        "instead of starting over; auto: at the first training step at least a minute (and 20 save times) after "
+        "the last, mid-epoch too: under 5% of training time, and trials of seconds never; off: never. A stopped "
+        "worker (SIGTERM) checkpoints its trial unless off",
     )
     early_stopping_patience: int | None = Field(
         None,

@@ -77,6 +77,9 @@ class TrialHooks:
     def training(self, trial: optuna.Trial, training: Training) -> None:
         """The trial trains with ``training`` from here on (its ``curve`` holds the epochs it resumed with)."""
 
+    def step(self, trial: optuna.Trial) -> None:
+        """After each training step (the training's state is one a checkpoint can save)."""
+
     def epoch(self, trial: optuna.Trial, epoch: int, metrics: dict[str, float]) -> None:
         pass
 
@@ -115,7 +118,12 @@ class Objective:
             def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
                 self.hooks.epoch(trial, epoch, metrics)
 
-            metrics = training.run(on_epoch, self.on_step)
+            def on_step() -> None:
+                if self.on_step is not None:
+                    self.on_step()  # the worker's stop check first: a stop checkpoints there anyway
+                self.hooks.step(trial)
+
+            metrics = training.run(on_epoch, on_step)
         except DivergedError as e:
             # a diverged trial says something about its region of the space: keep it as pruned, with why
             raise Diverged(str(e)) from None

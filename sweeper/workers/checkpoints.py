@@ -146,12 +146,13 @@ class Checkpoints:
     def started(self, number: int) -> None:
         self._last[number] = time.monotonic()
 
-    def due(self, number: int, epochs_done: int) -> bool:
-        """Whether an epoch's end is time for a checkpoint."""
+    def due(self, number: int, epochs_done: int | None = None) -> bool:
+        """Whether it is time for a checkpoint: at an epoch's end (``epochs_done``) or, with ``auto``, at a step
+        (``None``: an epoch of an hour is checkpointed within it, not only at its end)."""
         if self.every == "off":
             return False
         if isinstance(self.every, int):
-            return epochs_done % self.every == 0
+            return epochs_done is not None and epochs_done % self.every == 0
         since = time.monotonic() - self._last.get(number, time.monotonic())
         return since >= max(AUTO_MIN_S, self._cost / AUTO_COST_SHARE)
 

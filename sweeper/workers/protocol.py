@@ -119,6 +119,13 @@ class TrialProtocol(TrialHooks):
         finally:
             self._replaying.discard(trial.number)
 
+    def step(self, trial: optuna.Trial) -> None:
+        """``checkpoint_every: auto`` checkpoints at the first step due, mid-epoch too (one clock read a step)."""
+        if self.checkpoints is not None and self.checkpoints.every == "auto" and self.checkpoints.due(trial.number):
+            training = self.trainings.get(trial.number)
+            if training is not None:
+                self.save(trial, training.state_dict())
+
     def save(self, trial: optuna.Trial, state: dict[str, Any], kind: str = "trial") -> None:
         """Checkpoint a trial's training ``state`` (a warning if it cannot be written)."""
         if self.checkpoints is not None:
