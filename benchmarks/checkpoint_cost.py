@@ -97,7 +97,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small networks, 2 epochs: a smoke run (tests)")
     args = parser.parse_args()
     workloads = QUICK if args.quick else WORKLOADS
-    torch.set_num_threads(torch.get_num_threads())
     lines = [
         f"checkpoint cost, {platform.node()} ({platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, CPU)",

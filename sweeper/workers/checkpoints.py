@@ -139,10 +139,6 @@ class Checkpoints:
         self._cost = 0.0  # the last save's seconds
         self._failing = False  # the last save failed: the next failures are not warned about again
 
-    @property
-    def on(self) -> bool:
-        return self.every != "off"
-
     def started(self, number: int) -> None:
         self._last[number] = time.monotonic()
 

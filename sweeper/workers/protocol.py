@@ -69,6 +69,7 @@ class TrialProtocol(TrialHooks):
         self.study, self.spec, self.where = study, spec, dict(where)
         self.hooks, self.callbacks, self.keep = list(hooks), list(callbacks), keep
         self.checkpoints = checkpoints
+        self._spec_fingerprint = spec.fingerprint()  # what a checkpoint must match, with the trial's parameters
         self.history: dict[int, list[float]] = {}  # each running trial's metric per epoch, as reported
         self.weights: dict[int, Mapping[str, Any]] = {}  # a trained network, from its last epoch to its end
         self.tries: dict[int, list[int]] = {}  # each running trial's earlier tries (a retry), oldest first
@@ -121,7 +122,7 @@ class TrialProtocol(TrialHooks):
 
     def step(self, trial: optuna.Trial) -> None:
         """``checkpoint_every: auto`` checkpoints at the first step due, mid-epoch too (one clock read a step)."""
-        if self.checkpoints is not None and self.checkpoints.every == "auto" and self.checkpoints.due(trial.number):
+        if self.checkpoints is not None and self.checkpoints.due(trial.number):  # (N epochs: never mid-epoch)
             training = self.trainings.get(trial.number)
             if training is not None:
                 self.save(trial, training.state_dict())
@@ -245,7 +246,7 @@ class TrialProtocol(TrialHooks):
             log.warning("trial(s) %s stopped (%s): queued again with the same parameters", ", ".join(queued), error)
 
     def _fingerprint(self, trial: optuna.Trial, kind: str = "trial") -> str:
-        return fingerprint(self.spec.fingerprint(), trial.params, kind)
+        return fingerprint(self._spec_fingerprint, trial.params, kind)
 
     def _ended(self, frozen: FrozenTrial) -> None:
         for callback in self.callbacks:
