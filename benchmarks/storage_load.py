@@ -143,13 +143,30 @@ def one_worker(name: str, url: str, index: int, deadline: float, epochs: int, ep
             time.sleep(1.0)
 
 
+def _first_apart(try_claim: Callable[..., Any], timings: Timings) -> Callable[..., Any]:
+    """``try_claim`` timed as "claim", but a worker's first attempt as "claim_first": at the start every worker
+    claims at once (a queue for the study lock N long), later claims come as trials end."""
+    seen = threading.local()
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        what = "claim" if getattr(seen, "claimed", False) else "claim_first"
+        seen.claimed = True
+        return _timed(try_claim, what, timings)(*args, **kwargs)
+
+    return timed
+
+
 def _timed_lock(study_lock: Callable[..., Any], timings: Timings) -> Callable[..., Any]:
     @contextmanager
     def timed(study: optuna.Study) -> Iterator[None]:
         t0 = time.perf_counter()
         with study_lock(study):
-            timings.add("lock", time.perf_counter() - t0)
-            yield
+            t1 = time.perf_counter()
+            timings.add("lock", t1 - t0)
+            try:
+                yield
+            finally:
+                timings.add("held", time.perf_counter() - t1)
 
     return timed
 
@@ -177,7 +194,8 @@ def run_process(
     logging.getLogger("sweeper.retry").addHandler(_RetryWarnings(timings))
     # one claim attempt (lock, count, ask, first beat), and the wait for the study lock within it; not the
     # waits for a free slot once every slot is claimed (the budget's tail), which are not the database's
-    budget.try_claim = _timed(budget.try_claim, "claim", timings)
+    budget.try_claim = _first_apart(budget.try_claim, timings)
+    budget.internals.new_trial = _timed(budget.internals.new_trial, "ask", timings)  # a claim's ask (none waits)
     budget.study_lock = _timed_lock(budget.study_lock, timings)
     warnings.simplefilter("ignore")
     deadline = time.monotonic() + seconds

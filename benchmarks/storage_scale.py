@@ -19,6 +19,7 @@ import argparse
 import multiprocessing
 import os
 import platform
+import queue
 import resource
 import sys
 import tempfile
@@ -67,15 +68,34 @@ def drive(url: str, name: str, n: int, args: argparse.Namespace, epoch_s: float)
     out = ctx.Queue()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     procs = []
-    for p in range(procs_n):
+
+    def start(p: int, seconds: float) -> Any:
         first, count = p * n // procs_n, (p + 1) * n // procs_n - p * n // procs_n
-        work = (name, url, first, count, args.seconds, args.epochs, epoch_s, out)
+        work = (name, url, first, count, seconds, args.epochs, epoch_s, out)
         proc = ctx.Process(target=run_process, args=work)
         proc.start()
-        procs.append(proc)
-    parts = [out.get(timeout=args.seconds + 300) for _ in procs]
+        return proc
+
+    procs = [start(p, args.seconds) for p in range(procs_n)]
+    killed = 0
+    if args.kill_at and procs_n > 1:  # SIGKILL one process's workers mid-trial; start them again, as compose would
+        time.sleep(args.kill_at)
+        procs[0].kill()
+        procs[0].join()
+        killed = n // procs_n
+        procs[0] = start(0, args.seconds - args.kill_at)
+    parts, hung = [], 0
+    for _ in procs:
+        try:
+            parts.append(out.get(timeout=args.seconds + 120))
+        except queue.Empty:  # a process still running 2 minutes past the cap: stopped, and said in the errors
+            break
     for proc in procs:
-        proc.join()
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            hung += n // procs_n
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     merged: dict[str, Any] = {"values": {}, "errors": Counter(), "ends": []}
     for part in parts:
@@ -84,6 +104,9 @@ def drive(url: str, name: str, n: int, args: argparse.Namespace, epoch_s: float)
         merged["errors"].update(part["errors"])
         merged["ends"].extend(part["finished_at"])
     merged["ends"].sort()
+    if hung:
+        merged["errors"][f"still running 2 min past the cap (stopped; timings lost): {hung} workers"] += 1
+    merged["killed"] = killed
     merged["client_cpu"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     return merged
 
@@ -101,6 +124,8 @@ def load_run(url: str, n: int, args: argparse.Namespace, meter: ServerMeter | No
     d = drive(url, name, n, args, args.epoch_s)
     wall = time.time() - began
     server = meter.stop() if meter else {}
+    for message, times in server.pop("meter_lost", {}).items():  # the server full even for its admin, or restarted
+        d["errors"][f"meter: {message}"] += times
     values, ends = d["values"], d["ends"]
     storage = make_storage(url)
     states = Counter(t.state for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
@@ -118,8 +143,12 @@ def load_run(url: str, n: int, args: argparse.Namespace, meter: ServerMeter | No
         "wall": wall,
         "claim_p50": pct(values.get("claim", []), 50),
         "claim_p99": pct(values.get("claim", []), 99),
+        "first_p50": pct(values.get("claim_first", []), 50),
+        "first_max": max(values.get("claim_first", [float("nan")])),
+        "killed": d["killed"],
         "ask_p50": pct(values.get("ask", []), 50),
         "lock_p99": pct(values.get("lock", []), 99),
+        "held_p50": pct(values.get("held", []), 50),
         "report_p99": pct(values.get("report", []), 99),
         "tell_p99": pct(values.get("tell", []), 99),
         "client_cpu_trial": d["client_cpu"] / max(finished, 1),
@@ -138,12 +167,14 @@ def study_sizes(server: PrivatePostgres, sizes: list[int], args: argparse.Namesp
     StudyRecord.create(spec, url)
     drive(url, name, 1, args, 0.0)  # its first trials: the distributions to grow it with
     lines = [
-        "# study size: one worker, direct, no sleep; ask = study.ask (pop or create the trial); per trial = a trial's "
-        "claim to tell less ask; TPE = the sampler's own work per trial (its search space and sampling over every "
-        "finished trial, client CPU: Optuna 5 samples at the first suggest); storage = per trial less TPE: the "
-        f"database's reads and writes; {measured} trials at each size",
+        "# study size: one worker, direct, no sleep; ask = the claim's new trial (or study.ask to pop one); "
+        "per trial = a trial's claim to tell less ask; TPE = the sampler's own work per trial (its search space "
+        "and sampling over every finished trial, "
+        "client CPU: Optuna 5 samples at the first suggest); storage = per trial less TPE: the "
+        "database's reads and writes and the rest of the worker's own work (pruner, Optuna's trial cache); PG CPU ms: "
+        f"the database server's CPU per trial, what the store itself pays; {measured} trials at each size",
         f"{'trials in study':>16}{'grow s':>8}{'open s':>8}{'ask p50 ms':>12}{'ask p90':>9}{'per trial ms':>14}"
-        f"{'TPE ms':>8}{'storage ms':>12}{'report p50':>12}{'tell p50':>10}",
+        f"{'TPE ms':>8}{'storage ms':>12}{'report p50':>12}{'tell p50':>10}{'PG CPU ms':>10}",
     ]
     rows = []
     for size in sizes:
@@ -151,7 +182,10 @@ def study_sizes(server: PrivatePostgres, sizes: list[int], args: argparse.Namesp
         grow(url, name, size)
         grown = time.perf_counter() - t0
         StudyRecord.create(spec, url, trials=size + measured, allow_changed=True)
+        meter = ServerMeter(server, db, None)
+        meter.start()
         d = drive(url, name, 1, args, 0.0)
+        pg_ms = meter.stop()["server_cpu"] / max(len(d["ends"]), 1) * 1e3
         v = d["values"]
         per_trial = [b - a for a, b in zip(d["ends"], d["ends"][1:], strict=False)]
         trial_p50 = pct([t - pct(v["ask"], 50) for t in per_trial], 50)
@@ -162,13 +196,14 @@ def study_sizes(server: PrivatePostgres, sizes: list[int], args: argparse.Namesp
             "trial_p50": trial_p50,
             "tpe": tpe,
             "storage_p50": trial_p50 - tpe,
+            "pg_ms": pg_ms,
         }
         rows.append(r)
         line = (
             f"{size:>16}{grown:>8.0f}{pct(v.get('open', []), 50):>8.2f}{r['ask_p50'] * 1e3:>12.0f}"
             f"{pct(v.get('ask', []), 90) * 1e3:>9.0f}{trial_p50 * 1e3:>14.0f}{tpe * 1e3:>8.0f}"
             f"{r['storage_p50'] * 1e3:>12.0f}"
-            f"{pct(v.get('report', []), 50) * 1e3:>12.1f}{pct(v.get('tell', []), 50) * 1e3:>10.1f}"
+            f"{pct(v.get('report', []), 50) * 1e3:>12.1f}{pct(v.get('tell', []), 50) * 1e3:>10.1f}{pg_ms:>10.1f}"
         )
         print(line, flush=True)
         lines.append(line)
@@ -192,10 +227,17 @@ def new_database(server: PrivatePostgres) -> str:
 
 def drop_database(server: PrivatePostgres, name: str) -> None:
     """Its connections go with it (PgBouncer keeps idle server connections to a database for minutes: they
-    would count against the next run's max_connections)."""
+    would count against the next run's max_connections). Tried for a minute while the server is full."""
     admin = sa.create_engine(server.admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    with admin.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    for attempt in range(60):
+        try:
+            with admin.connect() as c:
+                c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except sa.exc.OperationalError:
+            if attempt == 59:
+                raise
+            time.sleep(1)
 
 
 def row(path: str, r: dict[str, Any]) -> str:
@@ -203,16 +245,19 @@ def row(path: str, r: dict[str, Any]) -> str:
     return (
         f"{path:<16}{r['n']:>5}{r['budget']:>7}{r['finished']:>6}{r['over']:>5}{r['failed']:>5}{r['left']:>5}"
         f"{r['trials_s']:>8.1f}{r['claim_p50'] * 1e3:>9.0f}{r['claim_p99'] * 1e3:>9.0f}{r['ask_p50'] * 1e3:>8.0f}"
-        f"{r['lock_p99'] * 1e3:>8.0f}{r['report_p99'] * 1e3:>9.0f}{r['tell_p99'] * 1e3:>8.0f}"
+        f"{r['lock_p99'] * 1e3:>8.0f}{r['held_p50'] * 1e3:>7.0f}"
+        f"{r['report_p99'] * 1e3:>9.0f}{r['tell_p99'] * 1e3:>8.0f}"
         f"{r.get('pg_peak', 0):>7}{r.get('clients_peak', 0):>8}"
-        f"{r['server_cpu_trial'] * 1e3:>8.1f}{r['client_cpu_trial'] * 1e3:>8.0f}{r['wall']:>6.0f}  {errors}"
+        f"{r['server_cpu_trial'] * 1e3:>8.1f}{r['client_cpu_trial'] * 1e3:>8.0f}{r['wall']:>6.0f}"
+        f"{r['first_p50'] * 1e3:>8.0f}{r['first_max'] * 1e3:>9.0f}{r['killed']:>7}  {errors}"
     )
 
 
 HEADER = (
     f"{'path':<16}{'N':>5}{'budget':>7}{'done':>6}{'over':>5}{'fail':>5}{'left':>5}{'trial/s':>8}"
-    f"{'claim50':>9}{'claim99':>9}{'ask50':>8}{'lock99':>8}{'report99':>9}{'tell99':>8}{'pgconn':>7}{'clients':>8}"
-    f"{'pgCPUms':>8}{'cliCPU':>8}{'wall':>6}  errors (what workers met)"
+    f"{'claim50':>9}{'claim99':>9}{'ask50':>8}{'lock99':>8}{'held50':>7}{'report99':>9}{'tell99':>8}{'pgconn':>7}{'clients':>8}"
+    f"{'pgCPUms':>8}{'cliCPU':>8}{'wall':>6}"
+    f"{'first50':>8}{'firstmax':>9}{'killed':>7}  errors (what workers met)"
 )
 
 
@@ -224,6 +269,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=90.0, help="time cap of one run")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--epoch-s", type=float, default=0.5, help="the stand-in's sleep per epoch")
+    ap.add_argument("--kill-at", type=float, default=0.0, help="SIGKILL one process's workers this many s in")
     ap.add_argument("--procs", type=int, default=4, help="processes the N worker threads are spread over")
     ap.add_argument("--pool", type=int, default=40, help="PgBouncer's server connections (of max_connections 100)")
     ap.add_argument("--small-pool", type=int, default=10, help="also run the largest N with this many")
@@ -253,7 +299,10 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d %H:%M')}",
         f"# PostgreSQL of its own, max_connections = 100, fsync off; PgBouncer transaction pooling, {args.pool} server "
         "connections. ms columns: latencies; pgconn: peak PostgreSQL client connections; clients: peak pooler "
-        "clients; pgCPUms / cliCPU: server (+ pooler) and client CPU ms per finished trial",
+        "clients; pgCPUms / cliCPU: server (+ pooler) and client CPU ms per finished trial; lock99: wait for the "
+        "study lock, held50: time a claim holds it; claim50/99: workers' later claims, first50/firstmax: each "
+        "worker's first (all N claim at once at the start); killed: workers SIGKILLed "
+        f"{args.kill_at:.0f} s in and started again (their process's timings are lost; 0: no kill)",
         HEADER,
     ]
     print("\n".join(lines), flush=True)

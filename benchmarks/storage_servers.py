@@ -8,6 +8,7 @@ import math
 import os
 import random
 import threading
+from collections import Counter
 from typing import Any
 
 import optuna
@@ -54,6 +55,7 @@ class ServerMeter:
         with open(os.path.join(server.data, "postmaster.pid")) as f:
             self.postmaster = int(f.readline())
         self.peaks = {"pg_peak": 0, "clients_peak": 0}
+        self.lost: Counter[str] = Counter()  # the meter's own connection errors, by message
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._cpu0 = 0.0
@@ -71,18 +73,25 @@ class ServerMeter:
         self._stop.set()
         if self._thread:
             self._thread.join()
-        return {**self.peaks, "server_cpu": self.cpu() - self._cpu0}
+        return {**self.peaks, "server_cpu": self.cpu() - self._cpu0, "meter_lost": dict(self.lost)}
 
     def _poll(self) -> None:
         admin = sa.create_engine(self.server.admin_url, poolclass=NullPool)
         query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d AND backend_type = 'client backend'")
-        with admin.connect() as conn:
-            while not self._stop.wait(0.25):
-                pg = int(conn.execute(query, {"d": self.database}).scalar_one())
-                conn.rollback()
-                self.peaks["pg_peak"] = max(self.peaks["pg_peak"], pg)
-                if self.bouncer:
-                    self.peaks["clients_peak"] = max(self.peaks["clients_peak"], self._pooler_clients())
+        while not self._stop.is_set():
+            try:
+                with admin.connect() as conn:
+                    while not self._stop.wait(0.25):
+                        pg = int(conn.execute(query, {"d": self.database}).scalar_one())
+                        conn.rollback()
+                        self.peaks["pg_peak"] = max(self.peaks["pg_peak"], pg)
+                        if self.bouncer:
+                            self.peaks["clients_peak"] = max(self.peaks["clients_peak"], self._pooler_clients())
+            except (
+                sa.exc.OperationalError
+            ) as e:  # the server is full, or its connection was lost: said in the run's errors
+                self.lost[str(e.orig).split("\n")[0][:60] if e.orig else type(e).__name__] += 1
+                self._stop.wait(1.0)
         admin.dispose()
 
     def _pooler_clients(self) -> int:

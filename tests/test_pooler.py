@@ -86,6 +86,27 @@ def test_waiting_for_the_study_lock_holds_no_server_connection(private_pg: Priva
         bouncer.remove()
 
 
+def test_opening_a_study_needs_one_server_connection_at_a_time(private_pg: PrivatePostgres) -> None:
+    """Workers that start at once each open the study (a new storage checks the database's schema). Optuna's
+    check holds a transaction on one connection while it reads the schema's revision on a second, so through a
+    pooler N workers opening at once can hold every server connection and each wait for another: 256 workers
+    through 40 server connections all stalled. Here a pool of one server connection: an open that needs two at
+    once never ends (PgBouncer's query_wait_timeout, 5 s). (A claim needs two: the lock's and its queries'.)"""
+    if pgbouncer_binary() is None:
+        pytest.skip("no pgbouncer found (Debian: apt-get install pgbouncer): the pooled-path tests need one")
+    bouncer = PrivatePgBouncer(private_pg, pool_size=1, query_wait_timeout=5)
+    try:
+        with private_pg.database("sweeper_open") as name:
+            url = bouncer.url(name)  # the study is created directly (Optuna's first set-up of a database nests too)
+            api.create(parse_spec(tiny_spec_dict("open1", trials=2)), storage=private_pg.url(name), tracking="")
+            storage = make_storage(url, heartbeat_interval=1)  # a worker's
+            study = optuna.load_study(study_name="open1", storage=storage)
+            assert claims(study) == (0, 0)
+            storage.engine.dispose()
+    finally:
+        bouncer.remove()
+
+
 def _lock_waiters_and_holder(url: str, waiters_tried: Callable[[], bool]) -> None:
     studies = [optuna.create_study(study_name="lock", storage=make_storage(url))]
     studies += [optuna.load_study(study_name="lock", storage=make_storage(url)) for _ in range(4)]

@@ -35,8 +35,11 @@ from sweeper.study.urls import mask_url
 
 _local = threading.Lock()
 # a taken PostgreSQL lock is tried again after a random pause of up to this, doubling: a claim holds it
-# for tens of milliseconds, and hundreds of waiting workers must not flood the server with tries
-_FIRST_PAUSE, _LONGEST_PAUSE = 0.01, 0.2
+# for ~15 ms, so a lone waiter gets it within a try or two; a waiter's pause grows with its wait, so hundreds
+# of waiting workers try a few hundred times a second, not thousands (256 workers starting at once on 2
+# cores: with pauses of at most 0.2 s the tries took half the workers' CPU and the holder waited for the CPU;
+# at most 2 s, a claim held the lock 64 ms instead of 217 ms and the server spent half the CPU per trial)
+_FIRST_PAUSE, _LONGEST_PAUSE = 0.01, 2.0
 
 
 def _key(name: str) -> int:

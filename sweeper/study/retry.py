@@ -29,6 +29,7 @@ from sweeper.study.optuna_internals import (
     CACHED_BACKEND_CALLS,
     NewTrialRDBStorage,
     add_trial,
+    check_schema,
     lock_study,
     lock_trial,
     rdb_method,
@@ -153,8 +154,10 @@ class RetryingRDBStorage(NewTrialRDBStorage):
     writes that cannot be sent twice (creating a trial, popping a WAITING one, ending one) land exactly
     once although the answer to their commit may be lost (``sweeper.study.exactly_once``)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, skip_compatibility_check: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, skip_compatibility_check=True, **kwargs)
+        if not skip_compatibility_check:
+            check_schema(self)
         create_table(self.engine)
 
     def new_trial(self, study_id: int, template_trial: FrozenTrial | None) -> FrozenTrial:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import TrialState
 
+from sweeper.study import optuna_internals as internals
 from sweeper.study.lock import study_lock
 from sweeper.study.record import FINISHED, count_states
 
@@ -26,7 +27,7 @@ Beat = Callable[[int], None]
 
 def claims(study: optuna.Study) -> tuple[int, int]:
     """(finished, running) trials of the study, as stored now."""
-    counts = count_states(study, (*FINISHED, TrialState.RUNNING))
+    counts = count_states(study)
     return sum(counts[s] for s in FINISHED), counts[TrialState.RUNNING]
 
 
@@ -35,18 +36,18 @@ def try_claim(study: optuna.Study, budget: int, beat: Beat) -> optuna.Trial | No
     slot is claimed by a running trial).
 
     ``beat(trial_id)`` records the trial's first heartbeat while the lock is held, so no other worker
-    ever sees it without one (see ``sweeper.workers.heartbeat``).
+    ever sees it without one (see ``sweeper.workers.heartbeat``). What runs under the lock costs the same
+    whatever the number of running trials (one count; Optuna's ``ask`` only when a trial waits to be popped:
+    a queued retry or start point), so a claim's wait does not grow with the workers.
     """
-    from sweeper.study.optuna_internals import trial_id
-
     with study_lock(study):
-        finished, running = claims(study)
-        if finished + running >= budget:
+        counts = count_states(study)
+        if sum(counts[s] for s in FINISHED) + counts[TrialState.RUNNING] >= budget:
             return None
         with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
             warnings.simplefilter("ignore", UserWarning)
-            trial = study.ask()
-        beat(trial_id(trial))
+            trial = study.ask() if counts[TrialState.WAITING] else internals.new_trial(study)
+        beat(internals.trial_id(trial))
         return trial
 
 
