@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 
 import optuna
@@ -27,7 +28,10 @@ Beat = Callable[[int], None]
 
 def claims(study: optuna.Study) -> tuple[int, int]:
     """(finished, running) trials of the study, as stored now."""
-    counts = count_states(study)
+    return _claims(count_states(study))
+
+
+def _claims(counts: Counter[TrialState]) -> tuple[int, int]:
     return sum(counts[s] for s in FINISHED), counts[TrialState.RUNNING]
 
 
@@ -42,7 +46,7 @@ def try_claim(study: optuna.Study, budget: int, beat: Beat) -> optuna.Trial | No
     """
     with study_lock(study):
         counts = count_states(study)
-        if sum(counts[s] for s in FINISHED) + counts[TrialState.RUNNING] >= budget:
+        if sum(_claims(counts)) >= budget:
             return None
         with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
             warnings.simplefilter("ignore", UserWarning)
