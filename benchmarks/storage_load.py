@@ -19,8 +19,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -156,19 +155,40 @@ def _first_apart(try_claim: Callable[..., Any], timings: Timings) -> Callable[..
     return timed
 
 
-def _timed_lock(study_lock: Callable[..., Any], timings: Timings) -> Callable[..., Any]:
-    @contextmanager
-    def timed(study: optuna.Study) -> Iterator[None]:
-        t0 = time.perf_counter()
-        with study_lock(study):
-            t1 = time.perf_counter()
-            timings.add("lock", t1 - t0)
-            try:
-                yield
-            finally:
-                timings.add("held", time.perf_counter() - t1)
+def _timed_lock(locked_write: Callable[..., Any], timings: Timings) -> Callable[..., Any]:
+    """``lock.locked_write`` timed: the wait for the study lock, and how long the write held it (with the commit)."""
+
+    def timed(study: optuna.Study, write: Callable[[], Any], *args: Any) -> Any:
+        t0, started = time.perf_counter(), []
+
+        def timed_write() -> Any:
+            started.append(time.perf_counter())
+            return write()
+
+        try:
+            return locked_write(study, timed_write, *args)
+        finally:
+            if started:
+                timings.add("lock", started[0] - t0)
+                timings.add("held", time.perf_counter() - started[-1])
 
     return timed
+
+
+def _time_sql(timings: Timings) -> None:
+    """Every SQL statement of this process timed as the client waits for it: "sql" once a trial has ended here,
+    "sql_first" before (a worker's first trial reads the whole study into Optuna's cache, once)."""
+    import sqlalchemy as sa
+
+    started = threading.local()
+
+    @sa.event.listens_for(sa.Engine, "before_cursor_execute")
+    def before(*_: Any) -> None:
+        started.t = time.perf_counter()
+
+    @sa.event.listens_for(sa.Engine, "after_cursor_execute")
+    def after(*_: Any) -> None:
+        timings.add("sql" if timings.finished_at else "sql_first", time.perf_counter() - started.t)
 
 
 class _Finished:
@@ -195,8 +215,9 @@ def run_process(
     # one claim attempt (lock, count, ask, first beat), and the wait for the study lock within it; not the
     # waits for a free slot once every slot is claimed (the budget's tail), which are not the database's
     budget.try_claim = _first_apart(budget.try_claim, timings)
-    budget.internals.new_trial = _timed(budget.internals.new_trial, "ask", timings)  # a claim's ask (none waits)
-    budget.study_lock = _timed_lock(budget.study_lock, timings)
+    budget.internals.pop_or_create = _timed(budget.internals.pop_or_create, "ask", timings)  # a claim's trial
+    budget.locked_write = _timed_lock(budget.locked_write, timings)
+    _time_sql(timings)
     warnings.simplefilter("ignore")
     deadline = time.monotonic() + seconds
     threads = [

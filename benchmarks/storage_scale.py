@@ -169,12 +169,13 @@ def study_sizes(server: PrivatePostgres, sizes: list[int], args: argparse.Namesp
     lines = [
         "# study size: one worker, direct, no sleep; ask = the claim's new trial (or study.ask to pop one); "
         "per trial = a trial's claim to tell less ask; TPE = the sampler's own work per trial (its search space "
-        "and sampling over every finished trial, "
-        "client CPU: Optuna 5 samples at the first suggest); storage = per trial less TPE: the "
-        "database's reads and writes and the rest of the worker's own work (pruner, Optuna's trial cache); PG CPU ms: "
-        f"the database server's CPU per trial, what the store itself pays; {measured} trials at each size",
+        "and sampling over every finished trial, client CPU: Optuna 5 samples at the first suggest); "
+        "SQL ms = the time the worker waited on its SQL statements per trial, its first trial left out (1st s: "
+        "that first trial's, when Optuna's cache reads the whole study once per worker): what the store costs a "
+        "trial; PG CPU ms: the database server's CPU per trial, the first trial's read included; "
+        f"{measured} trials at each size",
         f"{'trials in study':>16}{'grow s':>8}{'open s':>8}{'ask p50 ms':>12}{'ask p90':>9}{'per trial ms':>14}"
-        f"{'TPE ms':>8}{'storage ms':>12}{'report p50':>12}{'tell p50':>10}{'PG CPU ms':>10}",
+        f"{'TPE ms':>8}{'SQL ms':>8}{'1st s':>7}{'report p50':>12}{'tell p50':>10}{'PG CPU ms':>10}",
     ]
     rows = []
     for size in sizes:
@@ -195,14 +196,15 @@ def study_sizes(server: PrivatePostgres, sizes: list[int], args: argparse.Namesp
             "ask_p50": pct(v.get("ask", []), 50),
             "trial_p50": trial_p50,
             "tpe": tpe,
-            "storage_p50": trial_p50 - tpe,
+            "sql": sum(v.get("sql", [])) / max(len(d["ends"]) - 1, 1),
+            "sql_first": sum(v.get("sql_first", [])),
             "pg_ms": pg_ms,
         }
         rows.append(r)
         line = (
             f"{size:>16}{grown:>8.0f}{pct(v.get('open', []), 50):>8.2f}{r['ask_p50'] * 1e3:>12.0f}"
             f"{pct(v.get('ask', []), 90) * 1e3:>9.0f}{trial_p50 * 1e3:>14.0f}{tpe * 1e3:>8.0f}"
-            f"{r['storage_p50'] * 1e3:>12.0f}"
+            f"{r['sql'] * 1e3:>8.1f}{r['sql_first']:>7.2f}"
             f"{pct(v.get('report', []), 50) * 1e3:>12.1f}{pct(v.get('tell', []), 50) * 1e3:>10.1f}{pg_ms:>10.1f}"
         )
         print(line, flush=True)
@@ -274,7 +276,7 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=40, help="PgBouncer's server connections (of max_connections 100)")
     ap.add_argument("--small-pool", type=int, default=10, help="also run the largest N with this many")
     ap.add_argument("--paths", nargs="+", default=["direct", "pgbouncer", "sqlite"], help="which to run")
-    ap.add_argument("--size-trials", type=int, default=10, help="trials measured at each study size")
+    ap.add_argument("--size-trials", type=int, default=30, help="trials measured at each study size")
     ap.add_argument("--out", default=str(ROOT / "results" / "storage_scale"))
     args = ap.parse_args()
     if args.quick:
@@ -371,7 +373,7 @@ def plot(results: dict[str, list[dict[str, Any]]], sizes: list[dict[str, Any]], 
         axes[2].plot(xs, [s["ask_p50"] for s in sizes], "o-", label="ask p50")
         axes[2].plot(xs, [s["trial_p50"] for s in sizes], "o-", label="per trial, less ask, p50")
         axes[2].plot(xs, [s["tpe"] for s in sizes], "o-", label="TPE's own work, mean")
-        axes[2].plot(xs, [s["storage_p50"] for s in sizes], "o-", label="storage (per trial less TPE)")
+        axes[2].plot(xs, [s["sql"] for s in sizes], "o-", label="SQL per trial (warm worker)")
         axes[2].set_xscale("log")
         axes[2].set_yscale("log")
         axes[2].set_xlabel("trials in the study")

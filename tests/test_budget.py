@@ -102,6 +102,23 @@ def test_the_heartbeat_thread_recovers_a_dead_workers_trials_within_the_grace(st
     assert time.monotonic() - began < 6  # grace 2 s + a beat interval or two, not a trial's length
 
 
+def test_a_worker_never_reaps_its_own_stale_trials(storage_url: str) -> None:
+    """A worker stopped past the grace (SIGSTOP, a long pause) wakes with its trials stale: its reaper, on its own
+    thread, may look before its beats are recorded again, and must leave them to it (a lone worker failed and
+    retried its own live trial so). Another worker's reaper fails them."""
+    name = optuna.create_study(storage=make_storage(storage_url)).study_name
+    study = optuna.load_study(study_name=name, storage=make_storage(storage_url, heartbeat_interval=1, grace_period=2))
+    tid = internals.trial_id(study.ask())
+    study._storage.record_heartbeat(tid)
+    deadline = time.monotonic() + 30
+    while not internals.stale_trial_ids(study) and time.monotonic() < deadline:  # past the grace (database clock)
+        time.sleep(0.2)
+    Heartbeat(study, lambda: [tid]).reap()  # its own
+    assert internals.frozen(study, tid).state == TrialState.RUNNING
+    Heartbeat(study, lambda: []).reap()  # another worker's
+    assert internals.frozen(study, tid).state == TrialState.FAIL
+
+
 @pytest.mark.parametrize("workers", [2, 4])
 def test_workers_started_without_an_id_never_repeat_a_trial(pg_url: str, tmp_path: Any, workers: int) -> None:
     """What ``docker compose up --scale worker=N`` does: N identical ``sweeper worker NAME`` commands."""
@@ -136,7 +153,7 @@ def test_a_claim_racing_the_reaper_takes_the_retry_not_a_new_trial(
     dead._storage.record_heartbeat(internals.trial_id(dead.ask()))  # the budget's one slot; then the worker dies
     alive = optuna.load_study(study_name=name, storage=make_storage(url, heartbeat_interval=1, grace_period=2))
     deadline = time.monotonic() + 30
-    while not internals.has_stale_trials(alive) and time.monotonic() < deadline:  # past the grace (database clock)
+    while not internals.stale_trial_ids(alive) and time.monotonic() < deadline:  # past the grace (database clock)
         time.sleep(0.2)
 
     failed, queue_retry = threading.Event(), optuna.storages.RetryHeartbeatStaleTrialCallback.__call__

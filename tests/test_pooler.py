@@ -19,10 +19,10 @@ from conftest import PrivatePgBouncer, PrivatePostgres, pgbouncer_binary, tiny_s
 from sweeper import api
 from sweeper.launchers.local import worker_env
 from sweeper.study.lock import study_lock
-from sweeper.study.optuna_internals import rdb_backend
+from sweeper.study.optuna_internals import rdb_backend, running_without_heartbeat
 from sweeper.study.spec import parse_spec
 from sweeper.study.storage import make_storage
-from sweeper.workers.budget import claims
+from sweeper.workers.budget import claims, try_claim
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -86,14 +86,20 @@ def test_waiting_for_the_study_lock_holds_no_server_connection(private_pg: Priva
         bouncer.remove()
 
 
-def test_opening_a_study_needs_one_server_connection_at_a_time(private_pg: PrivatePostgres) -> None:
-    """Workers that start at once each open the study (a new storage checks the database's schema). Optuna's
-    check holds a transaction on one connection while it reads the schema's revision on a second, so through a
-    pooler N workers opening at once can hold every server connection and each wait for another: 256 workers
-    through 40 server connections all stalled. Here a pool of one server connection: an open that needs two at
-    once never ends (PgBouncer's query_wait_timeout, 5 s). (A claim needs two: the lock's and its queries'.)"""
+def test_a_worker_needs_one_server_connection_at_a_time(
+    private_pg: PrivatePostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a pool of ONE server connection a worker opens the study and claims trials until the budget is met.
+
+    Opening: Optuna's schema check holds a transaction on one connection while it reads the schema's revision on
+    a second (256 workers opening at once through 40 server connections all stalled so). Claiming: the study
+    lock, the count, the new trial and its first beat are one transaction; with the lock on one connection and
+    the queries on another, a holder waits for a second server connection, and past a server's
+    ``max_connections`` 93 of 96 direct workers waited so for a holder. Here either wait ends in PgBouncer's
+    query_wait_timeout (5 s), retried for 10 s, and the test fails."""
     if pgbouncer_binary() is None:
         pytest.skip("no pgbouncer found (Debian: apt-get install pgbouncer): the pooled-path tests need one")
+    monkeypatch.setenv("SWEEPER_DB_RETRY_S", "10")
     bouncer = PrivatePgBouncer(private_pg, pool_size=1, query_wait_timeout=5)
     try:
         with private_pg.database("sweeper_open") as name:
@@ -102,6 +108,9 @@ def test_opening_a_study_needs_one_server_connection_at_a_time(private_pg: Priva
             storage = make_storage(url, heartbeat_interval=1)  # a worker's
             study = optuna.load_study(study_name="open1", storage=storage)
             assert claims(study) == (0, 0)
+            made = [try_claim(study, 2, storage.record_heartbeat) for _ in range(3)]
+            assert made[2] is None and [t.number for t in made[:2] if t is not None] == [0, 1]
+            assert claims(study) == (0, 2) and not running_without_heartbeat(study)  # each beat with its trial
             storage.engine.dispose()
     finally:
         bouncer.remove()

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from sweeper.study.optuna_internals import one_transaction
+from sweeper.study.optuna_internals import one_transaction, rolled_back
 
 _metadata = sa.MetaData()
 WRITES = sa.Table(
@@ -64,6 +64,8 @@ def once(
                 if found is not None:
                     return int(found)
             trial_id = write(session)
+            if trial_id is not None and rolled_back(session):  # an Optuna call in ``write`` rolled back and went on
+                raise optuna.exceptions.StorageInternalError("a storage call rolled back the write: nothing was stored")
             if trial_id is not None:
                 session.execute(WRITES.insert().values(token=token, trial_id=trial_id))
             return trial_id

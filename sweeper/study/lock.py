@@ -22,12 +22,13 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from sweeper.study.optuna_internals import rdb_backend
 from sweeper.study.retry import with_retry
@@ -64,6 +65,48 @@ def study_lock(study: optuna.Study) -> Iterator[None]:
     else:
         with _local:
             yield
+
+
+def locked_write(
+    study: optuna.Study, write: Callable[[], int | None], stop: Callable[[], bool] = lambda: False
+) -> int | None:
+    """``write()`` (it stores a trial and returns its id, or None when it stores nothing) under the study's lock,
+    exactly once: what it returns was stored.
+
+    On PostgreSQL the lock is the transaction's own and ``write``'s storage calls run in that transaction
+    (``optuna_internals.one_transaction``), committed with the lock's release: the whole write takes one
+    server connection, so a worker holding the lock never waits for a second one (past the server's
+    ``max_connections``, 96 workers once waited so for 93 holding none, for ``SWEEPER_DB_RETRY_S``), and
+    through a transaction pooler a claim uses one server connection, not two. A commit whose answer is lost
+    is tried again and finds its token (``sweeper.study.exactly_once``). Elsewhere the lock is held around
+    ``write``, whose calls each are Optuna's own. ``stop()`` true while the lock is taken: None, nothing written
+    (a worker asked to stop does not queue behind hundreds for a trial it will not train)."""
+    rdb = rdb_backend(study)
+    if rdb is None or rdb.engine.dialect.name != "postgresql":
+        with study_lock(study):
+            return write()
+    from sweeper.study.exactly_once import once
+    from sweeper.study.retry import call_with_retry
+
+    key = _key(study.study_name)
+
+    def take(session: Session) -> None:
+        if not session.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar():
+            raise _Taken  # the transaction ends: a waiting worker holds no server connection
+
+    attempt, pause = once(rdb, take, lambda _session: write()), _FIRST_PAUSE
+    while True:
+        try:
+            return call_with_retry(rdb, attempt)
+        except _Taken:
+            if stop():
+                return None
+            time.sleep(random.uniform(0, pause))  # random: waiting workers do not try again in step
+            pause = min(pause * 2, _LONGEST_PAUSE)
+
+
+class _Taken(Exception):
+    """The study's lock is held by another worker."""
 
 
 @contextmanager

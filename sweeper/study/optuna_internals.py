@@ -7,7 +7,6 @@ Checked against Optuna 5.1.
 
 from __future__ import annotations
 
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -75,17 +74,11 @@ def heartbeat_storage(study: optuna.Study) -> Any | None:
     return st if isinstance(st, BaseHeartbeat) and is_heartbeat_enabled(st) else None
 
 
-def has_stale_trials(study: optuna.Study) -> bool:
-    """Whether Optuna's stale-trial check would fail a trial now (one query; nothing is changed)."""
+def stale_trial_ids(study: optuna.Study) -> list[int]:
+    """The RUNNING trials that Optuna's stale-trial check would fail now: no heartbeat for the grace period
+    (one query; nothing is changed)."""
     st = heartbeat_storage(study)
-    return st is not None and bool(st._get_stale_trial_ids(study._study_id))
-
-
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Optuna's own check: RUNNING trials whose heartbeat is older than the grace period are failed and retried."""
-    with warnings.catch_warnings():  # experimental since 2.x; a no-op unless the storage has heartbeats on
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    return list(st._get_stale_trial_ids(study._study_id)) if st is not None else []
 
 
 def fail_and_retry(study: optuna.Study, tid: int) -> bool:
@@ -122,9 +115,14 @@ def running_without_heartbeat(study: optuna.Study) -> list[int]:
 
 
 def _rows(rdb: RDBStorage, query: Any) -> list[Any]:
-    """A query's rows, read again while the database is briefly unreachable (as Optuna's calls are)."""
+    """A query's rows: inside ``one_transaction``, in its transaction (as Optuna's own calls there are);
+    else on a connection of its own, read again while the database is briefly unreachable."""
     from sweeper.study.retry import with_retry
     from sweeper.study.urls import mask_url
+
+    session = _open_transaction(rdb)
+    if session is not None:
+        return list(session.execute(query))
 
     def read() -> list[Any]:
         with rdb.engine.connect() as conn:
@@ -151,12 +149,17 @@ def state_counts(study: optuna.Study) -> Counter[TrialState] | None:
     return Counter({TrialState(state): int(n) for state, n in _rows(rdb, query)})
 
 
-def new_trial(study: optuna.Study) -> optuna.Trial:
-    """``study.ask()`` when no trial is waiting to be popped: a new trial, created as ask creates it, without
-    ask's read of every unfinished trial (Optuna's cache re-reads them whole to find waiting ones: 60 ms at
-    256 running trials on 2 cores). A claim runs under the study lock, where that read was every other
-    worker's wait. The caller knows that none waits (``state_counts``, under the same lock)."""
-    tid = study._storage.create_new_trial(study._study_id)
+def pop_or_create(study: optuna.Study, waiting: bool) -> int:
+    """What ``study.ask()`` stores, without making the ``Trial``: a WAITING trial popped (a queued retry or start
+    point), or a new trial; its id. ``waiting=False`` (the caller counted none, under the study lock) skips ask's
+    read of every unfinished trial (Optuna's cache re-reads them whole to find waiting ones: 60 ms at 256
+    running trials on 2 cores, under the lock, where it was every other worker's wait)."""
+    tid = study._pop_waiting_trial_id() if waiting else None
+    return study._storage.create_new_trial(study._study_id) if tid is None else tid
+
+
+def as_trial(study: optuna.Study, tid: int) -> optuna.Trial:
+    """The ``Trial`` that ``study.ask()`` returns for a trial it stored (``pop_or_create``)."""
     study._thread_local.cached_all_trials = None  # as ask does: the next read of the trials syncs the storage
     return optuna.Trial(study, tid)
 
@@ -165,11 +168,17 @@ def new_trial(study: optuna.Study) -> optuna.Trial:
 def one_transaction(rdb: RDBStorage) -> Iterator[Session]:
     """A session whose transaction is committed once, when the block ends. Optuna's own storage methods
     called in the block (by this thread) run inside it: their commits are not sent, their rollback ends
-    it. So an Optuna write and sweeper's record of it land together or not at all."""
+    it. So an Optuna write and sweeper's record of it land together or not at all. Opened inside another
+    (a claim that creates a trial), it is that one: the outer block commits it all."""
+    outer = _open_transaction(rdb)
+    if outer is not None:
+        yield outer
+        return
     with rdb.engine.connect() as conn:
         transaction = conn.begin()
         # "rollback_only": the session's commit() leaves the connection's transaction to us
         session = Session(bind=conn, join_transaction_mode="rollback_only")
+        session.info[_TRANSACTION] = transaction
         rdb.scoped_session.registry.set(session)  # what Optuna's methods take as their session
         try:
             yield session
@@ -178,6 +187,21 @@ def one_transaction(rdb: RDBStorage) -> Iterator[Session]:
                 transaction.commit()
         finally:
             rdb.scoped_session.remove()  # the connection's close rolls back whatever was not committed
+
+
+_TRANSACTION = "sweeper.transaction"
+
+
+def _open_transaction(rdb: RDBStorage) -> Session | None:
+    """This thread's session of an open ``one_transaction`` on ``rdb``, if any."""
+    registry = rdb.scoped_session.registry
+    session = registry() if registry.has() else None
+    return session if session is not None and _TRANSACTION in session.info else None
+
+
+def rolled_back(session: Session) -> bool:
+    """Whether Optuna rolled back the transaction of ``one_transaction``'s session (nothing of it will land)."""
+    return not session.info[_TRANSACTION].is_active
 
 
 def lock_study(session: Session, study_id: int) -> None:

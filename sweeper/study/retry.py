@@ -104,12 +104,12 @@ def retrying(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(self: optuna.storages.RDBStorage, *args: Any, **kwargs: Any) -> Any:
-        return _call_with_retry(self, lambda: fn(self, *args, **kwargs))
+        return call_with_retry(self, lambda: fn(self, *args, **kwargs))
 
     return wrapper  # type: ignore[return-value]
 
 
-def _call_with_retry(storage: optuna.storages.RDBStorage, fn: Callable[[], T]) -> T:
+def call_with_retry(storage: optuna.storages.RDBStorage, fn: Callable[[], T]) -> T:
     if getattr(_depth, "n", 0):  # a storage method calling another: only the outermost call retries
         return fn()
     where = mask_url(storage.url)
@@ -162,7 +162,7 @@ class RetryingRDBStorage(NewTrialRDBStorage):
 
     def new_trial(self, study_id: int, template_trial: FrozenTrial | None) -> FrozenTrial:
         attempt = once(self, lambda s: lock_study(s, study_id), lambda s: add_trial(s, self, study_id, template_trial))
-        return _call_with_retry(self, lambda: optuna.storages.RDBStorage.get_trial(self, _made(attempt())))
+        return call_with_retry(self, lambda: optuna.storages.RDBStorage.get_trial(self, _made(attempt())))
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         def write(session: Any) -> int | None:  # Optuna's own update, in the transaction ``once`` holds
@@ -170,7 +170,7 @@ class RetryingRDBStorage(NewTrialRDBStorage):
             return trial_id if done else None
 
         attempt = once(self, lambda s: lock_trial(s, trial_id), write)
-        return _call_with_retry(self, attempt) is not None
+        return call_with_retry(self, attempt) is not None
 
 
 def _made(trial_id: int | None) -> int:

@@ -12,7 +12,6 @@ made (a fault-free study shows no failed trial).
 from __future__ import annotations
 
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable
 
@@ -20,7 +19,7 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper.study import optuna_internals as internals
-from sweeper.study.lock import study_lock
+from sweeper.study.lock import locked_write
 from sweeper.study.record import FINISHED, count_states
 
 Beat = Callable[[int], None]
@@ -35,24 +34,29 @@ def _claims(counts: Counter[TrialState]) -> tuple[int, int]:
     return sum(counts[s] for s in FINISHED), counts[TrialState.RUNNING]
 
 
-def try_claim(study: optuna.Study, budget: int, beat: Beat) -> optuna.Trial | None:
+def try_claim(
+    study: optuna.Study, budget: int, beat: Beat, stop: Callable[[], bool] = lambda: False
+) -> optuna.Trial | None:
     """A new trial in a free slot of the budget; None when there is none (the budget is met, or every free
-    slot is claimed by a running trial).
+    slot is claimed by a running trial, or ``stop()`` came true while it waited for the study lock).
 
-    ``beat(trial_id)`` records the trial's first heartbeat while the lock is held, so no other worker
-    ever sees it without one (see ``sweeper.workers.heartbeat``). What runs under the lock costs the same
-    whatever the number of running trials (one count; Optuna's ``ask`` only when a trial waits to be popped:
-    a queued retry or start point), so a claim's wait does not grow with the workers.
+    ``beat(trial_id)`` records the trial's first heartbeat under the lock too, so no other worker ever sees
+    it without one (see ``sweeper.workers.heartbeat``); on PostgreSQL the count, the trial and its beat are
+    one transaction with the lock (``lock.locked_write``). What runs under the lock costs the same whatever
+    the number of running trials (one count; Optuna's pop only when a trial waits: a queued retry or start
+    point), so a claim's wait does not grow with the workers.
     """
-    with study_lock(study):
+
+    def take_slot() -> int | None:
         counts = count_states(study)
         if sum(_claims(counts)) >= budget:
             return None
-        with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize": we beat ourselves
-            warnings.simplefilter("ignore", UserWarning)
-            trial = study.ask() if counts[TrialState.WAITING] else internals.new_trial(study)
-        beat(internals.trial_id(trial))
-        return trial
+        tid = internals.pop_or_create(study, waiting=counts[TrialState.WAITING] > 0)
+        beat(tid)
+        return tid
+
+    tid = locked_write(study, take_slot, stop)
+    return None if tid is None else internals.as_trial(study, tid)
 
 
 def claim(
@@ -64,7 +68,7 @@ def claim(
     worker's trials are failed by the heartbeat threads).
     """
     while not stop():
-        trial = try_claim(study, budget, beat)
+        trial = try_claim(study, budget, beat, stop)
         if trial is not None:
             return trial
         if claims(study)[0] >= budget:
