@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -117,6 +118,31 @@ def test_a_worker_never_reaps_its_own_stale_trials(storage_url: str) -> None:
     assert internals.frozen(study, tid).state == TrialState.RUNNING
     Heartbeat(study, lambda: []).reap()  # another worker's
     assert internals.frozen(study, tid).state == TrialState.FAIL
+
+
+def test_a_worker_says_when_its_heartbeats_come_late(storage_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Beats later than a third of the grace (here one beat takes 4 s: grace 6 s, interval 1 s) are a warning: a
+    little later the other workers would fail this worker's live trials as dead."""
+    name = optuna.create_study(storage=make_storage(storage_url)).study_name
+    storage = make_storage(storage_url, heartbeat_interval=1)
+    study = optuna.load_study(study_name=name, storage=storage)
+    tid = internals.trial_id(study.ask())
+    beats, record = [], storage.record_heartbeat
+
+    def slow_second_beat(trial_id: int) -> None:
+        beats.append(trial_id)
+        if len(beats) == 2:
+            time.sleep(4)
+        record(trial_id)
+
+    storage.record_heartbeat = slow_second_beat  # type: ignore[method-assign]
+    with caplog.at_level(logging.WARNING, logger="sweeper"), Heartbeat(study, lambda: [tid]):
+        deadline = time.monotonic() + 20
+        while len(beats) < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    late = [r.getMessage() for r in caplog.records if "heartbeats came" in r.getMessage()]
+    assert len(beats) >= 4 and len(late) == 1, (beats, late)
+    assert "SWEEPER_HEARTBEAT_GRACE" in late[0]
 
 
 @pytest.mark.parametrize("workers", [2, 4])

@@ -12,6 +12,7 @@ worker saw a free slot, and every earlier trial was committed (visible) by then.
   waiting worker holds no server connection. Through a transaction pooler (PgBouncer) a blocking wait
   would hold one each, and once the waiters held the whole server pool the holder could not run its
   claim's queries: every worker would stall (``tests/test_pooler.py`` fails so with a blocking wait).
+  A claim (``locked_write``) tries the lock inside its own transaction and writes in it: one connection.
 - SQLite: an ``flock`` on a file beside the database (``<db>.lock``); SQLite is one machine's file.
 - MySQL: ``GET_LOCK``. Anything else (in-memory storage): a lock of this process.
 """
