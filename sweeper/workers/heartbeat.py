@@ -31,7 +31,7 @@ from sweeper.study.record import heartbeat_settings
 
 log = logging.getLogger("sweeper")
 # a beat this late is a sign: a little later, other workers take this worker's trials for dead (a CPU starved
-# by too many workers per core, a study database too slow); 256 workers on 2 cores lost 470 trials so
+# by too many workers per core, a study database too slow)
 _LATE = (
     "this worker's heartbeats came %.0f s apart (every %d s expected; after %d s without one its trials are "
     "failed as dead by the other workers): the CPU or the study database is overloaded; run fewer workers per "
