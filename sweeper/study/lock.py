@@ -102,8 +102,13 @@ def locked_write(
         except _Taken:
             if stop():
                 return None
-            time.sleep(random.uniform(0, pause))  # random: waiting workers do not try again in step
-            pause = min(pause * 2, _LONGEST_PAUSE)
+            pause = _wait(pause)
+
+
+def _wait(pause: float) -> float:
+    """Wait before trying a taken lock again; the next pause."""
+    time.sleep(random.uniform(0, pause))  # random: waiting workers do not try again in step
+    return min(pause * 2, _LONGEST_PAUSE)
 
 
 class _Taken(Exception):
@@ -130,8 +135,7 @@ def _advisory(engine: sa.Engine, name: str, take: str, release: str | None) -> I
     where = mask_url(engine.url.render_as_string(hide_password=False))
     pause = _FIRST_PAUSE
     while (conn := with_retry(acquire, where)) is None:
-        time.sleep(random.uniform(0, pause))  # random: waiting workers do not try again in step
-        pause = min(pause * 2, _LONGEST_PAUSE)
+        pause = _wait(pause)
     try:
         yield
     finally:
