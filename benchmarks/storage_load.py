@@ -155,21 +155,23 @@ def _first_apart(try_claim: Callable[..., Any], timings: Timings) -> Callable[..
     return timed
 
 
-def _timed_lock(locked_write: Callable[..., Any], timings: Timings) -> Callable[..., Any]:
-    """``lock.locked_write`` timed: the wait for the study lock, and how long the write held it (with the commit)."""
+def _timed_lock(until_taken: Callable[..., Any], timings: Timings) -> Callable[..., Any]:
+    """``lock.until_taken`` timed (a claim on PostgreSQL: its one statement, or Optuna's calls in the lock's
+    transaction): "lock", the wait for the study lock (the tries that found it taken); "held", the try that took
+    it, as the client waits for it (the one statement: the server's lock time plus one round trip)."""
 
-    def timed(study: optuna.Study, write: Callable[[], Any], *args: Any) -> Any:
+    def timed(rdb: Any, attempt: Callable[[], Any], *args: Any) -> Any:
         t0, started = time.perf_counter(), []
 
-        def timed_write() -> Any:
+        def timed_attempt() -> Any:
             started.append(time.perf_counter())
-            return write()
+            return attempt()
 
         try:
-            return locked_write(study, timed_write, *args)
+            return until_taken(rdb, timed_attempt, *args)
         finally:
             if started:
-                timings.add("lock", started[0] - t0)
+                timings.add("lock", started[-1] - t0)
                 timings.add("held", time.perf_counter() - started[-1])
 
     return timed
@@ -206,6 +208,7 @@ def run_process(
     name: str, url: str, first: int, count: int, seconds: float, epochs: int, epoch_s: float, out: Any
 ) -> None:
     """``count`` simulated workers as threads of this process; their timings go to the queue ``out``."""
+    import sweeper.study.lock as lock
     import sweeper.workers.budget as budget
 
     logging.basicConfig(level=logging.ERROR)
@@ -216,7 +219,8 @@ def run_process(
     # waits for a free slot once every slot is claimed (the budget's tail), which are not the database's
     budget.try_claim = _first_apart(budget.try_claim, timings)
     budget.internals.pop_or_create = _timed(budget.internals.pop_or_create, "ask", timings)  # a claim's trial
-    budget.locked_write = _timed_lock(budget.locked_write, timings)
+    budget.pg_claim.claim = _timed(budget.pg_claim.claim, "ask", timings)  # on PostgreSQL: the claim's statement
+    lock.until_taken = _timed_lock(lock.until_taken, timings)  # type: ignore[assignment]
     _time_sql(timings)
     warnings.simplefilter("ignore")
     deadline = time.monotonic() + seconds

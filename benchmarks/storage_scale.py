@@ -167,7 +167,7 @@ def study_sizes(server: PrivatePostgres, sizes: list[int], args: argparse.Namesp
     StudyRecord.create(spec, url)
     drive(url, name, 1, args, 0.0)  # its first trials: the distributions to grow it with
     lines = [
-        "# study size: one worker, direct, no sleep; ask = the claim's new trial (or study.ask to pop one); "
+        "# study size: one worker, direct, no sleep; ask = the claim's new trial (PostgreSQL: its one statement); "
         "per trial = a trial's claim to tell less ask; TPE = the sampler's own work per trial (its search space "
         "and sampling over every finished trial, client CPU: Optuna 5 samples at the first suggest); "
         "SQL ms = the time the worker waited on its SQL statements per trial, its first trial left out (1st s: "
@@ -189,7 +189,7 @@ def study_sizes(server: PrivatePostgres, sizes: list[int], args: argparse.Namesp
         pg_ms = meter.stop()["server_cpu"] / max(len(d["ends"]), 1) * 1e3
         v = d["values"]
         per_trial = [b - a for a, b in zip(d["ends"], d["ends"][1:], strict=False)]
-        trial_p50 = pct([t - pct(v["ask"], 50) for t in per_trial], 50)
+        trial_p50 = pct([t - pct(v.get("ask", []), 50) for t in per_trial], 50)
         tpe = sum(v.get("sample", [])) / max(len(d["ends"]), 1)  # its mean per trial
         r = {
             "size": size,

@@ -19,12 +19,14 @@ from optuna.trial import TrialState
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 
+from sweeper.study import pg_claim
 from sweeper.study.storage import make_storage
 from sweeper.workers.budget import try_claim
 
 CREATE = r"^INSERT INTO trials\b"
 STATE = r"^UPDATE trials SET .*\bstate="
 HEARTBEAT = r"^INSERT INTO trial_heartbeats\b"
+CLAIM = r"\bsweeper_claim_1\("  # PostgreSQL: the whole claim is one autocommitted statement (``pg_claim``)
 
 
 class LostAck:
@@ -34,6 +36,7 @@ class LostAck:
     def __init__(self, storage: optuna.storages.RDBStorage, pattern: str, times: int = 1) -> None:
         self.engine, self.pattern, self.left = storage.engine, re.compile(pattern), times
         self.fired = self.disconnects = 0  # commits that landed and then failed; disconnects the client saw
+        self._tokens: set[Any] = set()
         self._lock = threading.Lock()
         event.listen(self.engine, "after_cursor_execute", self._seen)
         event.listen(self.engine, "commit", self._commit)
@@ -53,9 +56,28 @@ class LostAck:
         if context.is_disconnect:
             self.disconnects += 1
 
-    def _seen(self, conn: sa.Connection, cursor: Any, statement: str, *args: Any) -> None:
-        if self.pattern.search(statement.strip()):
-            conn.info["lost_ack"] = True
+    def _seen(self, conn: sa.Connection, cursor: Any, statement: str, params: Any, *args: Any) -> None:
+        if not self.pattern.search(statement.strip()):
+            return
+        if self.engine.dialect.name != "postgresql" or not conn.connection.dbapi_connection.autocommit:
+            conn.info["lost_ack"] = True  # lost at the transaction's COMMIT
+            return
+        token = params.get("token") if isinstance(params, dict) else None
+        if token in self._tokens:  # each write loses one answer: its retry is answered
+            return
+        self._tokens.add(token)
+        self._lose(conn)  # the statement was its transaction: it landed; now its answer is lost
+
+    def _lose(self, conn: sa.Connection) -> None:
+        with self._lock:
+            if self.left == 0:
+                return
+            self.left -= 1
+            self.fired += 1
+        dbapi = conn.connection.dbapi_connection
+        with sa.create_engine(self.engine.url, poolclass=sa.pool.NullPool).connect() as admin:
+            admin.execute(sa.text("SELECT pg_terminate_backend(:p, 10000)"), {"p": dbapi.info.backend_pid})
+        dbapi.cursor().execute("SELECT 1")  # the client finds its connection dead before it reads the answer
 
     def _commit(self, conn: sa.Connection) -> None:
         if not conn.info.pop("lost_ack", False):
@@ -143,14 +165,20 @@ def test_end_of_a_trial_lands_once(storage: optuna.storages.RDBStorage) -> None:
     assert t.state == TrialState.COMPLETE and t.value == 0.5
 
 
-@pytest.mark.parametrize("where", ["create", "pop", "end", "heartbeat"])
+@pytest.mark.parametrize("where", ["create", "pop", "end", "heartbeat", "claim"])
 def test_budget_is_exact_through_lost_acknowledgements(storage: optuna.storages.RDBStorage, where: str) -> None:
     """Claims under the study's lock, each write of the named kind losing its acknowledgement: exactly the
-    budget's trials, all finished, none RUNNING, none twice."""
+    budget's trials, all finished, none RUNNING, none twice. On PostgreSQL a claim's create, pop and first beat are
+    one statement of its own (``pg_claim``): "claim" loses the answer of each, the last (no free slot) included;
+    the other cases there claim as Optuna's calls in one transaction (``lock.locked_write``)."""
+    if where == "claim" and not pg_claim.available(storage):
+        pytest.skip("PostgreSQL only")
+    if where in ("create", "pop", "heartbeat"):
+        storage.pg_claim = False  # PostgreSQL: the claim as Optuna's calls, as where the function cannot be made
     study = _study(storage)
     for x in (0.5, 1.5):  # queued trials, as the literature start points and stale-trial retries are
         study.enqueue_trial({"x": x})
-    pattern = {"create": CREATE, "pop": STATE, "end": STATE, "heartbeat": HEARTBEAT}[where]
+    pattern = {"create": CREATE, "pop": STATE, "end": STATE, "heartbeat": HEARTBEAT, "claim": CLAIM}[where]
     budget, told, fired = 4, 0, 0
     while True:
         fault = LostAck(storage, pattern, times=100) if where != "end" else None
@@ -166,7 +194,7 @@ def test_budget_is_exact_through_lost_acknowledgements(storage: optuna.storages.
         if fault is not None:
             fault.remove()
             fired += fault.lost
-    assert fired == {"create": 2, "pop": 2, "end": 4, "heartbeat": 4}[where]
+    assert fired == {"create": 2, "pop": 2, "end": 4, "heartbeat": 4, "claim": 5}[where]
     trials = study.get_trials()
     assert told == budget and len(trials) == budget, [(t.number, t.state) for t in trials]
     assert all(t.state == TrialState.COMPLETE for t in trials)

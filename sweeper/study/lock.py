@@ -26,15 +26,18 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import optuna
 import sqlalchemy as sa
+from optuna.storages import RDBStorage
 from sqlalchemy.orm import Session
 
 from sweeper.study.optuna_internals import rdb_backend
 from sweeper.study.retry import with_retry
 from sweeper.study.urls import mask_url
 
+T = TypeVar("T")
 _local = threading.Lock()
 # a taken PostgreSQL lock is tried again after a random pause of up to this, doubling: a claim holds it
 # for ~15 ms, so a lone waiter gets it within a try or two; a waiter's pause grows with its wait, so hundreds
@@ -44,7 +47,7 @@ _local = threading.Lock()
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.01, 2.0
 
 
-def _key(name: str) -> int:
+def lock_key(name: str) -> int:
     """A signed 64-bit advisory-lock key for a study name."""
     return int.from_bytes(hashlib.sha256(f"sweeper:{name}".encode()).digest()[:8], "big", signed=True)
 
@@ -68,9 +71,10 @@ def study_lock(study: optuna.Study) -> Iterator[None]:
             yield
 
 
-def locked_write(
-    study: optuna.Study, write: Callable[[], int | None], stop: Callable[[], bool] = lambda: False
-) -> int | None:
+Stop = Callable[[], bool]
+
+
+def locked_write(study: optuna.Study, write: Callable[[], int | None], stop: Stop = lambda: False) -> int | None:
     """``write()`` (it stores a trial and returns its id, or None when it stores nothing) under the study's lock,
     exactly once: what it returns was stored.
 
@@ -87,19 +91,26 @@ def locked_write(
         with study_lock(study):
             return write()
     from sweeper.study.exactly_once import once
-    from sweeper.study.retry import call_with_retry
 
-    key = _key(study.study_name)
+    key = lock_key(study.study_name)
 
     def take(session: Session) -> None:
         if not session.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar():
-            raise _Taken  # the transaction ends: a waiting worker holds no server connection
+            raise Taken  # the transaction ends: a waiting worker holds no server connection
 
-    attempt, pause = once(rdb, take, lambda _session: write()), _FIRST_PAUSE
+    return until_taken(rdb, once(rdb, take, lambda _session: write()), stop)
+
+
+def until_taken(rdb: RDBStorage, attempt: Callable[[], T], stop: Stop) -> T | None:
+    """``attempt()`` (it raises ``Taken`` when the study's PostgreSQL lock is held by another worker), tried again
+    after a pause while the lock is taken and retried through outages; None if ``stop()`` comes true meanwhile."""
+    from sweeper.study.retry import call_with_retry
+
+    pause = _FIRST_PAUSE
     while True:
         try:
             return call_with_retry(rdb, attempt)
-        except _Taken:
+        except Taken:
             if stop():
                 return None
             pause = _wait(pause)
@@ -111,13 +122,13 @@ def _wait(pause: float) -> float:
     return min(pause * 2, _LONGEST_PAUSE)
 
 
-class _Taken(Exception):
+class Taken(Exception):
     """The study's lock is held by another worker."""
 
 
 @contextmanager
 def _advisory(engine: sa.Engine, name: str, take: str, release: str | None) -> Iterator[None]:
-    key: int | str = _key(name) if release is None else f"sweeper:{name}"[:64]
+    key: int | str = lock_key(name) if release is None else f"sweeper:{name}"[:64]
 
     def acquire() -> sa.Connection | None:
         conn = engine.connect()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -156,6 +157,41 @@ def pop_or_create(study: optuna.Study, waiting: bool) -> int:
     running trials on 2 cores, under the lock, where it was every other worker's wait)."""
     tid = study._pop_waiting_trial_id() if waiting else None
     return study._storage.create_new_trial(study._study_id) if tid is None else tid
+
+
+def study_id(study: optuna.Study) -> int:
+    return study._study_id
+
+
+def remember_trial(study: optuna.Study, tid: int, number: int | None, started: datetime) -> None:
+    """Put a trial stored without Optuna (``sweeper.study.pg_claim``) in the study's cache, as Optuna's
+    ``create_new_trial`` puts the trials it makes (its parameters are set through the cache, which must know it):
+    ``number`` given, the new RUNNING trial Optuna's ``_create_new_trial`` returns; None, the trial as stored."""
+    from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
+
+    st = study._storage
+    if not isinstance(st, _CachedStorage):
+        return
+    if number is None:
+        trial = st._backend.get_trial(tid)
+    else:
+        trial = FrozenTrial(
+            number=number,
+            state=TrialState.RUNNING,
+            value=None,
+            values=None,
+            datetime_start=started,
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=tid,
+        )
+    with st._lock:
+        st._studies.setdefault(study._study_id, _StudyInfo())
+        st._add_trials_to_cache(study._study_id, [trial])
 
 
 def as_trial(study: optuna.Study, tid: int) -> optuna.Trial:

@@ -23,6 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import StudyError
+from sweeper.study import pg_claim
 from sweeper.study.db_errors import driver_words, is_permanent, is_transient, permanent
 from sweeper.study.exactly_once import create_table, once
 from sweeper.study.optuna_internals import (
@@ -159,6 +160,7 @@ class RetryingRDBStorage(NewTrialRDBStorage):
         if not skip_compatibility_check:
             check_schema(self)
         create_table(self.engine)
+        self.pg_claim = pg_claim.install(self.engine)  # claims in one statement (PostgreSQL)
 
     def new_trial(self, study_id: int, template_trial: FrozenTrial | None) -> FrozenTrial:
         attempt = once(self, lambda s: lock_study(s, study_id), lambda s: add_trial(s, self, study_id, template_trial))

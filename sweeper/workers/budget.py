@@ -19,7 +19,8 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper.study import optuna_internals as internals
-from sweeper.study.lock import locked_write
+from sweeper.study import pg_claim
+from sweeper.study.lock import Stop, locked_write
 from sweeper.study.record import FINISHED, count_states
 
 Beat = Callable[[int], None]
@@ -34,18 +35,25 @@ def _claims(counts: Counter[TrialState]) -> tuple[int, int]:
     return sum(counts[s] for s in FINISHED), counts[TrialState.RUNNING]
 
 
-def try_claim(
-    study: optuna.Study, budget: int, beat: Beat, stop: Callable[[], bool] = lambda: False
-) -> optuna.Trial | None:
+def try_claim(study: optuna.Study, budget: int, beat: Beat, stop: Stop = lambda: False) -> optuna.Trial | None:
     """A new trial in a free slot of the budget; None when there is none (the budget is met, or every free
     slot is claimed by a running trial, or ``stop()`` came true while it waited for the study lock).
 
     ``beat(trial_id)`` records the trial's first heartbeat under the lock too, so no other worker ever sees
-    it without one (see ``sweeper.workers.heartbeat``); on PostgreSQL the count, the trial and its beat are
-    one transaction with the lock (``lock.locked_write``). What runs under the lock costs the same whatever
-    the number of running trials (one count; Optuna's pop only when a trial waits: a queued retry or start
-    point), so a claim's wait does not grow with the workers.
+    it without one (see ``sweeper.workers.heartbeat``). On PostgreSQL the whole claim is one statement
+    (``sweeper.study.pg_claim``: the count, the trial, its first beat when the study has heartbeats) or, where
+    that function cannot be made, one transaction with the lock (``lock.locked_write``). What runs under the lock
+    costs the same whatever the number of running trials (one count; a pop only when a trial waits: a queued
+    retry or start point), so a claim's wait does not grow with the workers.
     """
+    rdb = internals.rdb_backend(study)
+    if pg_claim.available(rdb):
+        beats = internals.heartbeat_storage(study) is not None
+        made = pg_claim.claim(rdb, study.study_name, internals.study_id(study), budget, beat=beats, stop=stop)
+        if made is None:
+            return None
+        internals.remember_trial(study, made.trial_id, made.number, made.started)
+        return internals.as_trial(study, made.trial_id)
 
     def take_slot() -> int | None:
         counts = count_states(study)
@@ -59,9 +67,7 @@ def try_claim(
     return None if tid is None else internals.as_trial(study, tid)
 
 
-def claim(
-    study: optuna.Study, budget: int, beat: Beat, poll: float, stop: Callable[[], bool] = lambda: False
-) -> optuna.Trial | None:
+def claim(study: optuna.Study, budget: int, beat: Beat, poll: float, stop: Stop = lambda: False) -> optuna.Trial | None:
     """Block until a slot is free and return a new trial in it; ``None`` once the budget is met or on a stop.
 
     While every free slot is claimed by running trials it waits for them to finish or fail (a dead
