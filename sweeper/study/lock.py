@@ -12,7 +12,8 @@ worker saw a free slot, and every earlier trial was committed (visible) by then.
   waiting worker holds no server connection. Through a transaction pooler (PgBouncer) a blocking wait
   would hold one each, and once the waiters held the whole server pool the holder could not run its
   claim's queries: every worker would stall (``tests/test_pooler.py`` fails so with a blocking wait).
-  A claim (``locked_write``) tries the lock inside its own transaction and writes in it: one connection.
+  A claim is one statement that tries the lock and writes (``sweeper.study.pg_claim``), or, where that
+  function cannot be made, one transaction that does (``locked_write``): one connection either way.
 - SQLite: an ``flock`` on a file beside the database (``<db>.lock``); SQLite is one machine's file.
 - MySQL: ``GET_LOCK``. Anything else (in-memory storage): a lock of this process.
 """
@@ -39,10 +40,10 @@ from sweeper.study.urls import mask_url
 
 T = TypeVar("T")
 _local = threading.Lock()
-# a taken PostgreSQL lock is tried again after a random pause of up to this, doubling: a claim holds it
-# for ~15 ms, so a lone waiter gets it within a try or two; a waiter's pause grows with its wait, so hundreds
-# of waiting workers try a few hundred times a second, not thousands (256 workers starting at once on 2
-# cores: with pauses of at most 0.2 s the tries took half the workers' CPU and the holder waited for the CPU;
+# a taken PostgreSQL lock is tried again after a random pause of up to this, doubling: a claim holds it for a
+# few ms (~15 ms as Optuna's calls), so a lone waiter gets it within a try or two; a waiter's pause grows with its
+# wait, so hundreds of waiting workers try a few hundred times a second, not thousands (256 workers starting at
+# once on 2 cores: with pauses of at most 0.2 s the tries took half the workers' CPU and the holder waited for the CPU;
 # at most 2 s, a claim held the lock 64 ms instead of 217 ms and the server spent half the CPU per trial)
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.01, 2.0
 

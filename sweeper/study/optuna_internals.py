@@ -76,10 +76,27 @@ def heartbeat_storage(study: optuna.Study) -> Any | None:
 
 
 def stale_trial_ids(study: optuna.Study) -> list[int]:
-    """The RUNNING trials that Optuna's stale-trial check would fail now: no heartbeat for the grace period
-    (one query; nothing is changed)."""
-    st = heartbeat_storage(study)
-    return list(st._get_stale_trial_ids(study._study_id)) if st is not None else []
+    """The RUNNING trials that Optuna's stale-trial check would fail now: a heartbeat, but none for the grace period
+    (database clock). Optuna's check in one query of two columns: its own builds every RUNNING trial as an object
+    with its heartbeats, and every worker's reaper runs it every interval (256 workers: 25 times a second, each
+    over 256 running trials, on the workers' CPU)."""
+    from datetime import timedelta
+
+    from optuna.storages._rdb import models
+    from sqlalchemy import func, select
+
+    st, rdb = heartbeat_storage(study), rdb_backend(study)
+    if st is None or rdb is None:
+        return []
+    grace = timedelta(seconds=rdb.grace_period or 2 * (rdb.heartbeat_interval or 0))  # Optuna's default grace
+    trials, beats = models.TrialModel, models.TrialHeartbeatModel
+    query = (
+        select(trials.trial_id, beats.heartbeat, func.now())
+        .join(beats, beats.trial_id == trials.trial_id)
+        .where(trials.study_id == study._study_id, trials.state == TrialState.RUNNING)
+    )
+    # now() without its zone, as Optuna's check reads it (a heartbeat is stored without one)
+    return [int(tid) for tid, beat, now in _rows(rdb, query) if now.replace(tzinfo=None) - beat > grace]
 
 
 def fail_and_retry(study: optuna.Study, tid: int) -> bool:

@@ -75,7 +75,8 @@ END $$
 
 def install(engine: sa.Engine) -> bool:
     """Make the function in the study's database if it is not there (workers starting together wait for the
-    first); whether it is there now. False on a database other than PostgreSQL, or without the right to make it."""
+    first); whether it is there now. False on a database other than PostgreSQL, or where it cannot be made (no
+    CREATE right on the schema, a read-only server)."""
     if engine.dialect.name != "postgresql":
         return False
     with engine.connect() as conn:
@@ -87,7 +88,7 @@ def install(engine: sa.Engine) -> bool:
             if not _present(conn):
                 conn.execute(sa.text(_BODY))
         return True
-    except sa.exc.ProgrammingError:  # no CREATE on the schema (InsufficientPrivilege): the claim in Optuna's calls
+    except (sa.exc.ProgrammingError, sa.exc.InternalError):  # no CREATE right, a read-only database: Optuna's calls
         return False
 
 

@@ -23,7 +23,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import StudyError
-from sweeper.study import pg_claim
 from sweeper.study.db_errors import driver_words, is_permanent, is_transient, permanent
 from sweeper.study.exactly_once import create_table, once
 from sweeper.study.optuna_internals import (
@@ -160,6 +159,8 @@ class RetryingRDBStorage(NewTrialRDBStorage):
         if not skip_compatibility_check:
             check_schema(self)
         create_table(self.engine)
+        from sweeper.study import pg_claim  # it imports the lock, which retries through this module
+
         self.pg_claim = pg_claim.install(self.engine)  # claims in one statement (PostgreSQL)
 
     def new_trial(self, study_id: int, template_trial: FrozenTrial | None) -> FrozenTrial:
