@@ -68,33 +68,35 @@ class LostAck:
         self._tokens.add(token)
         self._lose(conn)  # the statement was its transaction: it landed; now its answer is lost
 
-    def _lose(self, conn: sa.Connection) -> None:
+    def _take(self) -> bool:
+        """One more answer to lose; False once ``times`` are lost."""
         with self._lock:
             if self.left == 0:
-                return
+                return False
             self.left -= 1
             self.fired += 1
-        dbapi = conn.connection.dbapi_connection
+            return True
+
+    def _terminate(self, pid: int) -> None:
         with sa.create_engine(self.engine.url, poolclass=sa.pool.NullPool).connect() as admin:
-            admin.execute(sa.text("SELECT pg_terminate_backend(:p, 10000)"), {"p": dbapi.info.backend_pid})
+            admin.execute(sa.text("SELECT pg_terminate_backend(:p, 10000)"), {"p": pid})
+
+    def _lose(self, conn: sa.Connection) -> None:
+        if not self._take():
+            return
+        dbapi = conn.connection.dbapi_connection
+        self._terminate(dbapi.info.backend_pid)
         dbapi.cursor().execute("SELECT 1")  # the client finds its connection dead before it reads the answer
 
     def _commit(self, conn: sa.Connection) -> None:
-        if not conn.info.pop("lost_ack", False):
+        if not conn.info.pop("lost_ack", False) or not self._take():
             return
-        with self._lock:
-            if self.left == 0:
-                return
-            self.left -= 1
-            self.fired += 1
         dbapi = conn.connection.dbapi_connection
         dbapi.commit()  # the write lands
         if self.engine.dialect.name == "sqlite":
             raise sa_exc.OperationalError("COMMIT", None, sqlite3.OperationalError("database is locked"))
-        pid = dbapi.info.backend_pid
         dbapi.cursor().execute("SELECT 1")  # a transaction open again: SQLAlchemy's own COMMIT goes to the server
-        with sa.create_engine(self.engine.url, poolclass=sa.pool.NullPool).connect() as admin:
-            admin.execute(sa.text("SELECT pg_terminate_backend(:p, 10000)"), {"p": pid})
+        self._terminate(dbapi.info.backend_pid)
         # SQLAlchemy now sends COMMIT down a connection whose server process is gone: the client sees a disconnect
 
 
