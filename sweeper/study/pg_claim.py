@@ -20,9 +20,12 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 from optuna.storages import RDBStorage
+from optuna.trial import TrialState
 
 from sweeper.study import lock
+from sweeper.study.record import FINISHED
 
+_CLAIMED = ", ".join(f"'{state.name}'" for state in (*FINISHED, TrialState.RUNNING))  # the budget's slots taken
 NAME = "sweeper_claim_1"
 SIGNATURE = f"{NAME}(bigint, integer, integer, varchar, timestamp, boolean)"
 _BODY = f"""
@@ -43,7 +46,7 @@ BEGIN
     IF FOUND THEN  -- an earlier try of this claim landed; its answer was lost
         RETURN;
     END IF;
-    SELECT count(*) FILTER (WHERE t.state IN ('COMPLETE', 'PRUNED', 'RUNNING')),
+    SELECT count(*) FILTER (WHERE t.state IN ({_CLAIMED})),
            count(*) FILTER (WHERE t.state = 'WAITING')
       INTO claimed, waiting FROM trials t WHERE t.study_id = the_study;
     IF claimed >= budget THEN
