@@ -19,7 +19,8 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import optuna
@@ -177,6 +178,21 @@ def _timed_lock(until_taken: Callable[..., Any], timings: Timings) -> Callable[.
     return timed
 
 
+def _timed_reaps(study_lock: Callable[..., Any], timings: Timings) -> Callable[..., Any]:
+    """The reaper's ``study_lock`` timed: "reap_held", how long each reap held the study lock (claims wait)."""
+
+    @contextmanager
+    def timed(study: optuna.Study) -> Iterator[None]:
+        with study_lock(study):
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                timings.add("reap_held", time.perf_counter() - t0)
+
+    return timed
+
+
 def _time_sql(timings: Timings) -> None:
     """Every SQL statement of this process timed as the client waits for it: "sql" once a trial has ended here,
     "sql_first" before (a worker's first trial reads the whole study into Optuna's cache, once)."""
@@ -210,6 +226,7 @@ def run_process(
     """``count`` simulated workers as threads of this process; their timings go to the queue ``out``."""
     import sweeper.study.lock as lock
     import sweeper.workers.budget as budget
+    import sweeper.workers.heartbeat as heartbeat
 
     logging.basicConfig(level=logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -221,6 +238,7 @@ def run_process(
     budget.internals.pop_or_create = _timed(budget.internals.pop_or_create, "ask", timings)  # a claim's trial
     budget.pg_claim.claim = _timed(budget.pg_claim.claim, "ask", timings)  # on PostgreSQL: the claim's statement
     lock.until_taken = _timed_lock(lock.until_taken, timings)  # type: ignore[assignment]
+    heartbeat.study_lock = _timed_reaps(heartbeat.study_lock, timings)  # type: ignore[assignment]
     _time_sql(timings)
     warnings.simplefilter("ignore")
     deadline = time.monotonic() + seconds

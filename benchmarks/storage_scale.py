@@ -149,6 +149,8 @@ def load_run(url: str, n: int, args: argparse.Namespace, meter: ServerMeter | No
         "ask_p50": pct(values.get("ask", []), 50),
         "lock_p99": pct(values.get("lock", []), 99),
         "held_p50": pct(values.get("held", []), 50),
+        "reaps": len(values.get("reap_held", [])),
+        "reap_s": sum(values.get("reap_held", [])),
         "report_p99": pct(values.get("report", []), 99),
         "tell_p99": pct(values.get("tell", []), 99),
         "client_cpu_trial": d["client_cpu"] / max(finished, 1),
@@ -247,7 +249,7 @@ def row(path: str, r: dict[str, Any]) -> str:
     return (
         f"{path:<16}{r['n']:>5}{r['budget']:>7}{r['finished']:>6}{r['over']:>5}{r['failed']:>5}{r['left']:>5}"
         f"{r['trials_s']:>8.1f}{r['claim_p50'] * 1e3:>9.0f}{r['claim_p99'] * 1e3:>9.0f}{r['ask_p50'] * 1e3:>8.0f}"
-        f"{r['lock_p99'] * 1e3:>8.0f}{r['held_p50'] * 1e3:>7.0f}"
+        f"{r['lock_p99'] * 1e3:>8.0f}{r['held_p50'] * 1e3:>7.0f}{r['reaps']:>6}{r['reap_s']:>7.1f}"
         f"{r['report_p99'] * 1e3:>9.0f}{r['tell_p99'] * 1e3:>8.0f}"
         f"{r.get('pg_peak', 0):>7}{r.get('clients_peak', 0):>8}"
         f"{r['server_cpu_trial'] * 1e3:>8.1f}{r['client_cpu_trial'] * 1e3:>8.0f}{r['wall']:>6.0f}"
@@ -257,7 +259,8 @@ def row(path: str, r: dict[str, Any]) -> str:
 
 HEADER = (
     f"{'path':<16}{'N':>5}{'budget':>7}{'done':>6}{'over':>5}{'fail':>5}{'left':>5}{'trial/s':>8}"
-    f"{'claim50':>9}{'claim99':>9}{'ask50':>8}{'lock99':>8}{'held50':>7}{'report99':>9}{'tell99':>8}{'pgconn':>7}{'clients':>8}"
+    f"{'claim50':>9}{'claim99':>9}{'ask50':>8}{'lock99':>8}{'held50':>7}{'reaps':>6}{'reap s':>7}"
+    f"{'report99':>9}{'tell99':>8}{'pgconn':>7}{'clients':>8}"
     f"{'pgCPUms':>8}{'cliCPU':>8}{'wall':>6}"
     f"{'first50':>8}{'firstmax':>9}{'killed':>7}  errors (what workers met)"
 )
@@ -302,7 +305,8 @@ def main() -> None:
         f"# PostgreSQL of its own, max_connections = 100, fsync off; PgBouncer transaction pooling, {args.pool} server "
         "connections. ms columns: latencies; pgconn: peak PostgreSQL client connections; clients: peak pooler "
         "clients; pgCPUms / cliCPU: server (+ pooler) and client CPU ms per finished trial; lock99: wait for the "
-        "study lock, held50: time a claim holds it; claim50/99: workers' later claims, first50/firstmax: each "
+        "study lock, held50: time a claim holds it; reaps / reap s: the reapers' holds of the study lock and their "
+        "seconds in all; claim50/99: workers' later claims, first50/firstmax: each "
         "worker's first (all N claim at once at the start); killed: workers SIGKILLed "
         f"{args.kill_at:.0f} s in and started again (their process's timings are lost; 0: no kill)",
         HEADER,
