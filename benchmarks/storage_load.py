@@ -19,8 +19,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -178,17 +177,18 @@ def _timed_lock(until_taken: Callable[..., Any], timings: Timings) -> Callable[.
     return timed
 
 
-def _timed_reaps(study_lock: Callable[..., Any], timings: Timings) -> Callable[..., Any]:
-    """The reaper's ``study_lock`` timed: "reap_held", how long each reap held the study lock (claims wait)."""
+def _timed_reaps(requeue: Callable[..., list[int]], timings: Timings) -> Callable[..., list[int]]:
+    """The reaper's ``requeue_dead`` timed: "reap_s", how long each reap that failed trials took, and "reaped", one per
+    trial it failed (on SQLite it holds the study lock meanwhile, claims wait; on PostgreSQL it does not)."""
 
-    @contextmanager
-    def timed(study: optuna.Study) -> Iterator[None]:
-        with study_lock(study):
-            t0 = time.perf_counter()
-            try:
-                yield
-            finally:
-                timings.add("reap_held", time.perf_counter() - t0)
+    def timed(*args: Any) -> list[int]:
+        t0 = time.perf_counter()
+        failed = requeue(*args)
+        if failed:
+            timings.add("reap_s", time.perf_counter() - t0)
+            for _ in failed:
+                timings.add("reaped", 0.0)
+        return failed
 
     return timed
 
@@ -238,7 +238,7 @@ def run_process(
     budget.internals.pop_or_create = _timed(budget.internals.pop_or_create, "ask", timings)  # a claim's trial
     budget.pg_claim.claim = _timed(budget.pg_claim.claim, "ask", timings)  # on PostgreSQL: the claim's statement
     lock.until_taken = _timed_lock(lock.until_taken, timings)  # type: ignore[assignment]
-    heartbeat.study_lock = _timed_reaps(heartbeat.study_lock, timings)  # type: ignore[assignment]
+    heartbeat.requeue_dead = _timed_reaps(heartbeat.requeue_dead, timings)  # type: ignore[assignment]
     _time_sql(timings)
     warnings.simplefilter("ignore")
     deadline = time.monotonic() + seconds

@@ -149,8 +149,8 @@ def load_run(url: str, n: int, args: argparse.Namespace, meter: ServerMeter | No
         "ask_p50": pct(values.get("ask", []), 50),
         "lock_p99": pct(values.get("lock", []), 99),
         "held_p50": pct(values.get("held", []), 50),
-        "reaps": len(values.get("reap_held", [])),
-        "reap_s": sum(values.get("reap_held", [])),
+        "reaps": len(values.get("reaped", [])),
+        "reap_s": sum(values.get("reap_s", [])),
         "report_p99": pct(values.get("report", []), 99),
         "tell_p99": pct(values.get("tell", []), 99),
         "client_cpu_trial": d["client_cpu"] / max(finished, 1),
@@ -305,8 +305,9 @@ def main() -> None:
         f"# PostgreSQL of its own, max_connections = 100, fsync off; PgBouncer transaction pooling, {args.pool} server "
         "connections. ms columns: latencies; pgconn: peak PostgreSQL client connections; clients: peak pooler "
         "clients; pgCPUms / cliCPU: server (+ pooler) and client CPU ms per finished trial; lock99: wait for the "
-        "study lock, held50: time a claim holds it; reaps / reap s: the reapers' holds of the study lock and their "
-        "seconds in all; claim50/99: workers' later claims, first50/firstmax: each "
+        "study lock, held50: time a claim holds it; reaps / reap s: trials failed by the reapers and the "
+        "reapers' seconds at it in all (on PostgreSQL outside the claims' lock); claim50/99: workers' later "
+        "claims, first50/firstmax: each "
         "worker's first (all N claim at once at the start); killed: workers SIGKILLed "
         f"{args.kill_at:.0f} s in and started again (their process's timings are lost; 0: no kill)",
         HEADER,

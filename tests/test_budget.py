@@ -19,6 +19,7 @@ from conftest import tiny_spec_dict
 from sweeper import api
 from sweeper.study import optuna_internals as internals
 from sweeper.study.storage import make_storage
+from sweeper.workers import budget
 from sweeper.workers.budget import claims, try_claim
 from sweeper.workers.heartbeat import Heartbeat
 
@@ -112,7 +113,7 @@ def test_a_worker_never_reaps_its_own_stale_trials(storage_url: str) -> None:
     tid = internals.trial_id(study.ask())
     study._storage.record_heartbeat(tid)
     deadline = time.monotonic() + 30
-    while not internals.stale_trial_ids(study) and time.monotonic() < deadline:  # past the grace (database clock)
+    while not internals.dead_trials(study).stale and time.monotonic() < deadline:  # past the grace (database clock)
         time.sleep(0.2)
     Heartbeat(study, lambda: [tid]).reap()  # its own
     assert internals.frozen(study, tid).state == TrialState.RUNNING
@@ -170,16 +171,18 @@ def test_workers_started_without_an_id_never_repeat_a_trial(pg_url: str, tmp_pat
 def test_a_claim_racing_the_reaper_takes_the_retry_not_a_new_trial(
     storage_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The reaper fails a dead worker's trial and queues its retry under the study lock, as one step: a claim in
-    between would see the slot free, make a new trial in it and leave the retry waiting past the budget (the dead
-    trial's work, and its checkpoint, lost)."""
+    """The reaper fails a dead worker's trial and queues its retry as one write (one transaction on PostgreSQL,
+    under the study lock on SQLite): a claim in between would see the slot free, make a new trial in it and leave
+    the retry waiting past the budget (the dead trial's work, and its checkpoint, lost). A claim during the reap
+    finds the slot taken (PostgreSQL: it sees the trial still RUNNING) or waits for it (SQLite), then takes the
+    retry."""
     url = storage_url
     name = optuna.create_study(storage=make_storage(url)).study_name
     dead = optuna.load_study(study_name=name, storage=make_storage(url, heartbeat_interval=1, grace_period=2))
     dead._storage.record_heartbeat(internals.trial_id(dead.ask()))  # the budget's one slot; then the worker dies
     alive = optuna.load_study(study_name=name, storage=make_storage(url, heartbeat_interval=1, grace_period=2))
     deadline = time.monotonic() + 30
-    while not internals.stale_trial_ids(alive) and time.monotonic() < deadline:  # past the grace (database clock)
+    while not internals.dead_trials(alive).stale and time.monotonic() < deadline:  # past the grace (database clock)
         time.sleep(0.2)
 
     failed, queue_retry = threading.Event(), optuna.storages.RetryHeartbeatStaleTrialCallback.__call__
@@ -194,9 +197,24 @@ def test_a_claim_racing_the_reaper_takes_the_retry_not_a_new_trial(
     reaper.start()
     assert failed.wait(30)
     claimer = optuna.load_study(study_name=name, storage=make_storage(url))
-    trial = try_claim(claimer, 1, lambda tid: None)
+    during = try_claim(claimer, 1, lambda tid: None)
     reaper.join()
+    trial = during or try_claim(claimer, 1, lambda tid: None)
     assert trial is not None
     trials = claimer.get_trials(deepcopy=False)
     assert trials[trial.number].system_attrs.get("failed_trial") == 0  # the claim took the retry
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING]  # and made no trial past the budget
+
+
+def test_a_worker_waiting_for_a_slot_looks_less_often(storage_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every slot claimed by another worker's running trial: the waiting worker looks again after ``poll``, then after
+    pauses doubling up to ``LONGEST_POLL`` polls (random within half of each), not every ``poll`` (hundreds of
+    workers at a study's tail would each send a claim and a count every 2 s)."""
+    study = optuna.create_study(storage=make_storage(storage_url))
+    assert try_claim(study, 1, lambda tid: None) is not None  # the one slot, another worker's
+    pauses: list[float] = []
+    monkeypatch.setattr(budget, "_sleep", lambda seconds, stop: pauses.append(seconds))
+    assert budget.claim(study, 1, lambda tid: None, poll=1.0, stop=lambda: len(pauses) >= 8) is None
+    longest = [min(2**i, budget.LONGEST_POLL) for i in range(8)]
+    assert all(cap / 2 <= pause <= cap for pause, cap in zip(pauses, longest, strict=True)), pauses
+    assert claims(study) == (0, 1)  # and it made no trial

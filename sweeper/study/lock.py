@@ -48,9 +48,16 @@ _local = threading.Lock()
 _FIRST_PAUSE, _LONGEST_PAUSE = 0.01, 2.0
 
 
-def lock_key(name: str) -> int:
-    """A signed 64-bit advisory-lock key for a study name."""
-    return int.from_bytes(hashlib.sha256(f"sweeper:{name}".encode()).digest()[:8], "big", signed=True)
+def lock_key(name: str, of: str = "sweeper") -> int:
+    """A signed 64-bit advisory-lock key for a study name: its claims' lock, or another (``of``) of the study's."""
+    return int.from_bytes(hashlib.sha256(f"{of}:{name}".encode()).digest()[:8], "big", signed=True)
+
+
+def try_reapers_lock(session: Session, name: str) -> bool:
+    """Take the study's reapers' lock (PostgreSQL) until ``session``'s transaction ends, if no other worker's
+    reaper holds it: one reaper at a time, apart from the claims' lock (``sweeper.workers.heartbeat``)."""
+    key = lock_key(name, of="sweeper-reapers")
+    return bool(session.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar())
 
 
 @contextmanager

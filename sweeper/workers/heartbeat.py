@@ -10,8 +10,9 @@ period, not after whatever trial another worker happens to be training:
   and its first beat; Optuna's check skips those for good, and each would hold a budget slot forever),
   once this thread has seen it without one for the grace period (its own clock: no clock skew).
 
-Two threads, because a reap waits for the study lock (behind every claiming worker) and a beat must not. A kill
-makes every other worker's reaper queue for the lock at once: with beats and reaps on one thread, 64 workers
+Two threads, because a reap may wait (for the study lock on SQLite, for round trips to a loaded database) and a
+beat must not. When reaps queued for the claims' lock, a kill made every other worker's reaper queue at once: with
+beats and reaps on one thread, 64 workers
 SIGKILLed among 256 (2 cores) left 470 trials failed as dead, most of them live; on two threads (and no worker
 reaping its own trials) 19-22 (``results/storage_scale_paced.txt``).
 """
@@ -26,8 +27,9 @@ from collections.abc import Callable, Iterable
 import optuna
 
 from sweeper.study import optuna_internals as internals
-from sweeper.study.lock import study_lock
+from sweeper.study.lock import study_lock, try_reapers_lock
 from sweeper.study.record import heartbeat_settings
+from sweeper.study.retry import call_with_retry
 
 log = logging.getLogger("sweeper")
 # a beat this late is a sign: a little later, other workers take this worker's trials for dead (a CPU starved
@@ -41,9 +43,9 @@ _WARN_EVERY = 600.0
 
 
 class Heartbeat:
-    """``with Heartbeat(study, running_ids): ...``: beats on one thread and reaps on another (a reap may wait for the
-    study lock, behind hundreds of workers: this worker's own beats must not wait with it, or its live trials would
-    be reaped in turn); a no-op without heartbeats."""
+    """``with Heartbeat(study, running_ids): ...``: beats on one thread and reaps on another (a reap may wait: this
+    worker's own beats must not wait with it, or its live trials would be reaped in turn); a no-op without
+    heartbeats."""
 
     def __init__(self, study: optuna.Study, running_ids: Callable[[], Iterable[int]]) -> None:
         self.study, self.running_ids = study, running_ids
@@ -78,29 +80,25 @@ class Heartbeat:
     def reap(self) -> None:
         """Fail (and queue the retry of) every trial of a dead worker; safe to call from any thread.
 
-        Under the study's lock, as a claim is (``sweeper.workers.budget``): a claim never sees a failed trial
-        before its retry is queued, which would let it create a new trial in the slot and leave the retry
-        waiting past the budget (the killed trial's work lost). The lock is taken only when there is a trial
-        to fail. This worker's own trials are never failed: it is alive (stopped a while, they are stale)."""
+        Each dead trial's fail and retry land as one write (``requeue_dead``): a claim never sees the trial failed and
+        its retry not yet queued, which would let it make a new trial in the slot and leave the retry waiting past
+        the budget (the killed trial's work lost). This worker's own trials are never failed: it is alive (stopped
+        a while, they are stale)."""
         if self.storage is None:
             return
-        mine = set(self.running_ids())
-        if set(internals.stale_trial_ids(self.study)) - mine:
-            with study_lock(self.study):  # Optuna's stale-trial check (``fail_stale_trials``) but for our own
-                for tid in set(internals.stale_trial_ids(self.study)) - set(self.running_ids()):
-                    internals.fail_and_retry(self.study, tid)
-        now = time.monotonic()
-        unbeaten = set(internals.running_without_heartbeat(self.study))
-        self._unbeaten = {t: self._unbeaten.get(t, now) for t in unbeaten - mine}
-        due = [tid for tid, since in self._unbeaten.items() if now - since >= self.grace]
-        if not due:
+        mine, now, found = set(self.running_ids()), time.monotonic(), internals.dead_trials(self.study)
+        self._unbeaten = {t: self._unbeaten.get(t, now) for t in set(found.unbeaten) - mine}
+        due = {tid for tid, since in self._unbeaten.items() if now - since >= self.grace}
+        if not due and not set(found.stale) - mine:
             return
-        with study_lock(self.study):
-            for tid in due:
-                if internals.fail_and_retry(self.study, tid):
-                    log.info("trial id %d never recorded a heartbeat in %d s: failed and queued again", tid,
-                             self.grace)  # fmt: skip
-                del self._unbeaten[tid]
+
+        def dead() -> list[int]:  # read again where the reap is written: a trial may have beaten or ended since
+            found = internals.dead_trials(self.study)
+            return sorted((set(found.stale) | due & set(found.unbeaten)) - set(self.running_ids()))
+
+        for tid in requeue_dead(self.study, dead, self._stop.is_set):
+            if tid in due:
+                log.info("trial id %d never recorded a heartbeat in %d s: failed and queued again", tid, self.grace)
 
     def _beats(self, interval: float) -> None:
         last: float | None = None  # when the last round of beats was recorded
@@ -125,3 +123,38 @@ class Heartbeat:
                 self.reap()
             except Exception as e:  # a database outage: the next interval tries again
                 log.debug("stale-trial check failed: %s", type(e).__name__)
+
+
+def requeue_dead(study: optuna.Study, dead: Callable[[], list[int]], stop: Callable[[], bool]) -> list[int]:
+    """Fail each trial ``dead()`` lists and queue its retry (Optuna's stale-trial callback) as one write; the trials
+    so failed. On PostgreSQL each trial is one transaction under the study's reapers' lock, not the claims' lock:
+    a claim sees the trial RUNNING or failed with its retry queued, never between, and waits for no reap; one
+    reaper writes at a time, and the others, finding the lock taken, leave it to that one (once, every worker's
+    reaper waited in turn for the claims' lock after a kill and held it for its round trips: 64 workers killed
+    among 256, 320 reaps held it 180 s of the 210 s that followed). Elsewhere (SQLite: one machine's workers)
+    under the study lock, as a claim is."""
+    rdb = internals.rdb_backend(study)
+    if rdb is None or rdb.engine.dialect.name != "postgresql":
+        with study_lock(study):
+            return [tid for tid in dead() if internals.fail_and_retry(study, tid)]
+    failed: list[int] = []
+    tried: set[int] = set()
+
+    def reap_one() -> bool:
+        """One dead trial failed and queued again, if this reaper holds the lock and one is left; whether to go on."""
+        with internals.one_transaction(rdb) as session:
+            if not try_reapers_lock(session, study.study_name):
+                return False  # another worker's reaper is at it
+            left = [tid for tid in dead() if tid not in tried]
+            if not left:
+                return False
+            tid = left[0]
+            tried.add(tid)
+            done = internals.fail_and_retry(study, tid)  # False: it ended meanwhile (its transaction rolled back)
+        if done:  # committed
+            failed.append(tid)
+        return True
+
+    while not stop() and call_with_retry(rdb, reap_one):
+        pass
+    return failed
