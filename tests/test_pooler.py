@@ -19,7 +19,7 @@ from conftest import PrivatePgBouncer, PrivatePostgres, pgbouncer_binary, tiny_s
 from sweeper import api
 from sweeper.launchers.local import worker_env
 from sweeper.study.lock import study_lock
-from sweeper.study.optuna_internals import rdb_backend, running_without_heartbeat
+from sweeper.study.optuna_internals import dead_trials, rdb_backend
 from sweeper.study.spec import parse_spec
 from sweeper.study.storage import make_storage
 from sweeper.workers.budget import claims, try_claim
@@ -110,7 +110,7 @@ def test_a_worker_needs_one_server_connection_at_a_time(
             assert claims(study) == (0, 0)
             made = [try_claim(study, 2, storage.record_heartbeat) for _ in range(3)]
             assert made[2] is None and [t.number for t in made[:2] if t is not None] == [0, 1]
-            assert claims(study) == (0, 2) and not running_without_heartbeat(study)  # each beat with its trial
+            assert claims(study) == (0, 2) and not dead_trials(study).unbeaten  # each beat with its trial
             storage.engine.dispose()
     finally:
         bouncer.remove()

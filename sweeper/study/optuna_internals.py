@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 from optuna.storages import RDBStorage
@@ -75,28 +75,36 @@ def heartbeat_storage(study: optuna.Study) -> Any | None:
     return st if isinstance(st, BaseHeartbeat) and is_heartbeat_enabled(st) else None
 
 
-def stale_trial_ids(study: optuna.Study) -> list[int]:
-    """The RUNNING trials that Optuna's stale-trial check would fail now: a heartbeat, but none for the grace period
-    (database clock). Optuna's check in one query of two columns: its own builds every RUNNING trial as an object
-    with its heartbeats, and every worker's reaper runs it every interval (256 workers: 25 times a second, each
-    over 256 running trials, on the workers' CPU)."""
+class Dead(NamedTuple):
+    stale: list[int]  # a heartbeat, but none for the grace period: what Optuna's stale-trial check would fail now
+    unbeaten: list[int]  # no heartbeat at all (Optuna's check skips them)
+
+
+def dead_trials(study: optuna.Study) -> Dead:
+    """The RUNNING trials that look dead, by their heartbeats (database clock): Optuna's stale-trial check, and the
+    trials it skips, in one query of two columns. Optuna's builds every RUNNING trial as an object with its
+    heartbeats, and every worker's reaper checks every interval (256 workers: 25 times a second, each over 256
+    running trials, on the workers' CPU)."""
     from datetime import timedelta
 
     from optuna.storages._rdb import models
     from sqlalchemy import func, select
 
-    st, rdb = heartbeat_storage(study), rdb_backend(study)
-    if st is None or rdb is None:
-        return []
+    rdb = rdb_backend(study)
+    if rdb is None:
+        return Dead([], [])
     grace = timedelta(seconds=rdb.grace_period or 2 * (rdb.heartbeat_interval or 0))  # Optuna's default grace
     trials, beats = models.TrialModel, models.TrialHeartbeatModel
     query = (
         select(trials.trial_id, beats.heartbeat, func.now())
-        .join(beats, beats.trial_id == trials.trial_id)
+        .outerjoin(beats, beats.trial_id == trials.trial_id)
         .where(trials.study_id == study._study_id, trials.state == TrialState.RUNNING)
     )
+    rows = _rows(rdb, query)
     # now() without its zone, as Optuna's check reads it (a heartbeat is stored without one)
-    return [int(tid) for tid, beat, now in _rows(rdb, query) if now.replace(tzinfo=None) - beat > grace]
+    stale = [int(tid) for tid, beat, now in rows if beat is not None and now.replace(tzinfo=None) - beat > grace]
+    unbeaten = [int(tid) for tid, beat, _ in rows if beat is None]
+    return Dead(stale if heartbeat_storage(study) is not None else [], unbeaten)
 
 
 def fail_and_retry(study: optuna.Study, tid: int) -> bool:
@@ -114,24 +122,6 @@ def fail_and_retry(study: optuna.Study, tid: int) -> bool:
     return True
 
 
-def running_without_heartbeat(study: optuna.Study) -> list[int]:
-    """RUNNING trials of the study that never recorded a heartbeat (Optuna's stale check skips them)."""
-    from optuna.storages._rdb import models
-    from sqlalchemy import select
-
-    rdb = rdb_backend(study)
-    if rdb is None:
-        return []
-    beating = select(models.TrialHeartbeatModel.trial_id)
-    query = (
-        select(models.TrialModel.trial_id)
-        .where(models.TrialModel.study_id == study._study_id)
-        .where(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
-        .where(models.TrialModel.trial_id.not_in(beating))
-    )
-    return [int(r[0]) for r in _rows(rdb, query)]
-
-
 def _rows(rdb: RDBStorage, query: Any) -> list[Any]:
     """A query's rows: inside ``one_transaction``, in its transaction (as Optuna's own calls there are);
     else on a connection of its own, read again while the database is briefly unreachable."""
@@ -147,6 +137,29 @@ def _rows(rdb: RDBStorage, query: Any) -> list[Any]:
             return list(conn.execute(query))
 
     return with_retry(read, mask_url(rdb.engine.url.render_as_string(hide_password=False)))
+
+
+def trial_states_above(study: optuna.Study, low: int) -> list[tuple[int, TrialState]]:
+    """(id, state) of each of the study's trials with an id above ``low``: one query of two columns."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import select
+
+    rdb, trials = rdb_backend(study), models.TrialModel
+    query = select(trials.trial_id, trials.state).where(trials.study_id == study._study_id, trials.trial_id > low)
+    return [(int(tid), TrialState(state)) for tid, state in _rows(rdb, query)] if rdb is not None else []
+
+
+def read_trials(study: optuna.Study, ids: set[int]) -> list[FrozenTrial]:
+    """These trials of the study: the finished ones Optuna's cache holds (its sampler read them), the others read
+    whole, as its cache reads them."""
+    from optuna.storages._cached_storage import _CachedStorage
+
+    st, rdb, found = study._storage, rdb_backend(study), []
+    if isinstance(st, _CachedStorage):
+        with st._lock:
+            found = [t for t in map(st._get_cached_trial, ids) if t is not None]
+    rest = ids - {t._trial_id for t in found}
+    return found + ([] if rdb is None or not rest else rdb._get_trials(study._study_id, None, rest, 2**31 - 1))
 
 
 def state_counts(study: optuna.Study) -> Counter[TrialState] | None:
