@@ -1,4 +1,4 @@
-"""The study's sampler and pruner, built from the spec (Optuna's own classes, unwrapped)."""
+"""The study's sampler and pruner, built from the spec (Optuna's own classes; the median pruner's reads made cheap)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import warnings
 
 import optuna
 
+from sweeper.study.pruning import MedianPruner
 from sweeper.study.spec import StudySpec
 
 
@@ -40,7 +41,7 @@ def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
 def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     p = spec.pruner
     if p.type == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.warmup_epochs or 0)
+        return MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.warmup_epochs or 0)
     if p.type == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=max(1, p.warmup_epochs or 0))
     if p.type == "hyperband":
