@@ -12,9 +12,8 @@ period, not after whatever trial another worker happens to be training:
 
 Two threads, because a reap may wait (for the study lock on SQLite, for round trips to a loaded database) and a
 beat must not. When reaps queued for the claims' lock, a kill made every other worker's reaper queue at once: with
-beats and reaps on one thread, 64 workers
-SIGKILLed among 256 (2 cores) left 470 trials failed as dead, most of them live; on two threads (and no worker
-reaping its own trials) 19-22 (``results/storage_scale_paced.txt``).
+beats and reaps on one thread, 64 workers SIGKILLed among 256 (2 cores) left 470 trials failed as dead, most of
+them live; on two threads (and no worker reaping its own trials) 19-22 (``results/storage_scale_paced.txt``).
 """
 
 from __future__ import annotations
