@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from conftest import tiny_spec_dict
 from sweeper import api
 from sweeper.study import optuna_internals as internals
+from sweeper.study import optuna_reads as reads
 from sweeper.study.storage import make_storage
 from sweeper.workers import budget
 from sweeper.workers.budget import claims, try_claim
@@ -113,7 +114,7 @@ def test_a_worker_never_reaps_its_own_stale_trials(storage_url: str) -> None:
     tid = internals.trial_id(study.ask())
     study._storage.record_heartbeat(tid)
     deadline = time.monotonic() + 30
-    while not internals.dead_trials(study).stale and time.monotonic() < deadline:  # past the grace (database clock)
+    while not reads.dead_trials(study).stale and time.monotonic() < deadline:  # past the grace (database clock)
         time.sleep(0.2)
     Heartbeat(study, lambda: [tid]).reap()  # its own
     assert internals.frozen(study, tid).state == TrialState.RUNNING
@@ -182,7 +183,7 @@ def test_a_claim_racing_the_reaper_takes_the_retry_not_a_new_trial(
     dead._storage.record_heartbeat(internals.trial_id(dead.ask()))  # the budget's one slot; then the worker dies
     alive = optuna.load_study(study_name=name, storage=make_storage(url, heartbeat_interval=1, grace_period=2))
     deadline = time.monotonic() + 30
-    while not internals.dead_trials(alive).stale and time.monotonic() < deadline:  # past the grace (database clock)
+    while not reads.dead_trials(alive).stale and time.monotonic() < deadline:  # past the grace (database clock)
         time.sleep(0.2)
 
     failed, queue_retry = threading.Event(), optuna.storages.RetryHeartbeatStaleTrialCallback.__call__

@@ -19,7 +19,8 @@ from conftest import PrivatePgBouncer, PrivatePostgres, pgbouncer_binary, tiny_s
 from sweeper import api
 from sweeper.launchers.local import worker_env
 from sweeper.study.lock import study_lock
-from sweeper.study.optuna_internals import dead_trials, rdb_backend
+from sweeper.study.optuna_internals import rdb_backend
+from sweeper.study.optuna_reads import dead_trials
 from sweeper.study.spec import parse_spec
 from sweeper.study.storage import make_storage
 from sweeper.workers.budget import claims, try_claim

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from sweeper.study import optuna_internals as internals
+from sweeper.study import optuna_reads as reads
 from sweeper.study.lock import lock_key
 from sweeper.study.storage import make_storage
 from sweeper.workers.heartbeat import Heartbeat, requeue_dead
@@ -25,7 +26,7 @@ def _dead_worker(url: str, trials: int) -> tuple[str, list[int]]:
     for tid in ids:
         dead._storage.record_heartbeat(tid)
     deadline = time.monotonic() + 30
-    while len(internals.dead_trials(dead).stale) < trials and time.monotonic() < deadline:  # the database's clock
+    while len(reads.dead_trials(dead).stale) < trials and time.monotonic() < deadline:  # the database's clock
         time.sleep(0.2)
     return name, ids
 

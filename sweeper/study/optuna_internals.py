@@ -1,17 +1,17 @@
 """The one door into Optuna's private API: every use of ``study._storage``, ``trial._trial_id`` and
 ``optuna.storages._...`` in sweeper goes through a named function here, so an Optuna release that
-moves one of them touches this file alone, and a reader sees exactly what sweeper relies on.
+moves one of them touches this file alone (and ``optuna_reads``, its reads of Optuna's tables), and a reader sees
+exactly what sweeper relies on.
 
 Checked against Optuna 5.1.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
@@ -75,38 +75,6 @@ def heartbeat_storage(study: optuna.Study) -> Any | None:
     return st if isinstance(st, BaseHeartbeat) and is_heartbeat_enabled(st) else None
 
 
-class Dead(NamedTuple):
-    stale: list[int]  # a heartbeat, but none for the grace period: what Optuna's stale-trial check would fail now
-    unbeaten: list[int]  # no heartbeat at all (Optuna's check skips them)
-
-
-def dead_trials(study: optuna.Study) -> Dead:
-    """The RUNNING trials that look dead, by their heartbeats (database clock): Optuna's stale-trial check, and the
-    trials it skips, in one query of two columns. Optuna's builds every RUNNING trial as an object with its
-    heartbeats, and every worker's reaper checks every interval (256 workers: 25 times a second, each over 256
-    running trials, on the workers' CPU)."""
-    from datetime import timedelta
-
-    from optuna.storages._rdb import models
-    from sqlalchemy import func, select
-
-    rdb = rdb_backend(study)
-    if rdb is None:
-        return Dead([], [])
-    grace = timedelta(seconds=rdb.grace_period or 2 * (rdb.heartbeat_interval or 0))  # Optuna's default grace
-    trials, beats = models.TrialModel, models.TrialHeartbeatModel
-    query = (
-        select(trials.trial_id, beats.heartbeat, func.now())
-        .outerjoin(beats, beats.trial_id == trials.trial_id)
-        .where(trials.study_id == study._study_id, trials.state == TrialState.RUNNING)
-    )
-    rows = _rows(rdb, query)
-    # now() without its zone, as Optuna's check reads it (a heartbeat is stored without one)
-    stale = [int(tid) for tid, beat, now in rows if beat is not None and now.replace(tzinfo=None) - beat > grace]
-    unbeaten = [int(tid) for tid, beat, _ in rows if beat is None]
-    return Dead(stale if heartbeat_storage(study) is not None else [], unbeaten)
-
-
 def fail_and_retry(study: optuna.Study, tid: int) -> bool:
     """Fail a RUNNING trial as stale and hand it to the storage's stale-trial callback (its retry), as
     ``fail_stale_trials`` does; False if it had ended already (another worker was first)."""
@@ -120,64 +88,6 @@ def fail_and_retry(study: optuna.Study, tid: int) -> bool:
     if callback is not None:
         callback(study, st.get_trial(tid))
     return True
-
-
-def _rows(rdb: RDBStorage, query: Any) -> list[Any]:
-    """A query's rows: inside ``one_transaction``, in its transaction (as Optuna's own calls there are);
-    else on a connection of its own, read again while the database is briefly unreachable."""
-    from sweeper.study.retry import with_retry
-    from sweeper.study.urls import mask_url
-
-    session = _open_transaction(rdb)
-    if session is not None:
-        return list(session.execute(query))
-
-    def read() -> list[Any]:
-        with rdb.engine.connect() as conn:
-            return list(conn.execute(query))
-
-    return with_retry(read, mask_url(rdb.engine.url.render_as_string(hide_password=False)))
-
-
-def trial_states_above(study: optuna.Study, low: int) -> list[tuple[int, TrialState]]:
-    """(id, state) of each of the study's trials with an id above ``low``: one query of two columns."""
-    from optuna.storages._rdb import models
-    from sqlalchemy import select
-
-    rdb, trials = rdb_backend(study), models.TrialModel
-    query = select(trials.trial_id, trials.state).where(trials.study_id == study._study_id, trials.trial_id > low)
-    return [(int(tid), TrialState(state)) for tid, state in _rows(rdb, query)] if rdb is not None else []
-
-
-def read_trials(study: optuna.Study, ids: set[int]) -> list[FrozenTrial]:
-    """These trials of the study: the finished ones Optuna's cache holds (its sampler read them), the others read
-    whole, as its cache reads them."""
-    from optuna.storages._cached_storage import _CachedStorage
-
-    st, rdb, found = study._storage, rdb_backend(study), []
-    if isinstance(st, _CachedStorage):
-        with st._lock:
-            found = [t for t in map(st._get_cached_trial, ids) if t is not None]
-    rest = ids - {t._trial_id for t in found}
-    return found + ([] if rdb is None or not rest else rdb._get_trials(study._study_id, None, rest, 2**31 - 1))
-
-
-def state_counts(study: optuna.Study) -> Counter[TrialState] | None:
-    """How many of the study's trials are in each state, counted by the database (one query, whatever the
-    study's size); None for a storage without SQL. Optuna's ``get_trials`` would read every unfinished trial
-    whole (its cache re-reads them each call): at 256 running trials, 50 ms of a claim held under the lock."""
-    from optuna.storages._rdb import models
-    from sqlalchemy import func, select
-
-    rdb = rdb_backend(study)
-    if rdb is None:
-        return None
-    query = (
-        select(models.TrialModel.state, func.count())
-        .where(models.TrialModel.study_id == study._study_id)
-        .group_by(models.TrialModel.state)
-    )
-    return Counter({TrialState(state): int(n) for state, n in _rows(rdb, query)})
 
 
 def pop_or_create(study: optuna.Study, waiting: bool) -> int:
@@ -236,7 +146,7 @@ def one_transaction(rdb: RDBStorage) -> Iterator[Session]:
     called in the block (by this thread) run inside it: their commits are not sent, their rollback ends
     it. So an Optuna write and sweeper's record of it land together or not at all. Opened inside another
     (a claim that creates a trial), it is that one: the outer block commits it all."""
-    outer = _open_transaction(rdb)
+    outer = open_transaction(rdb)
     if outer is not None:
         yield outer
         return
@@ -258,7 +168,7 @@ def one_transaction(rdb: RDBStorage) -> Iterator[Session]:
 _TRANSACTION = "sweeper.transaction"
 
 
-def _open_transaction(rdb: RDBStorage) -> Session | None:
+def open_transaction(rdb: RDBStorage) -> Session | None:
     """This thread's session of an open ``one_transaction`` on ``rdb``, if any."""
     registry = rdb.scoped_session.registry
     session = registry() if registry.has() else None

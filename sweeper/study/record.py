@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.errors import StudyError
-from sweeper.study import optuna_internals as internals
+from sweeper.study import optuna_reads as reads
 from sweeper.study.lock import db_now
 from sweeper.study.recipes import literature_points
 from sweeper.study.spec import StudySpec, parse_spec
@@ -247,7 +247,7 @@ def is_best_so_far(study: optuna.Study, trial: FrozenTrial) -> bool:
 
 def count_states(study: optuna.Study, states: tuple[TrialState, ...] = tuple(TrialState)) -> Counter[TrialState]:
     """How many of the study's trials are in each of ``states``, as stored now (counted by the database)."""
-    counts = internals.state_counts(study)
+    counts = reads.state_counts(study)
     if counts is None:
         return Counter(t.state for t in study.get_trials(deepcopy=False, states=states))
     return Counter({s: counts[s] for s in states if counts[s]})

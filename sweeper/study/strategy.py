@@ -1,13 +1,17 @@
-"""The study's sampler and pruner, built from the spec (Optuna's own classes; the median pruner's reads made cheap)."""
+"""The study's sampler and pruner, built from the spec: Optuna's own, TPE's and the median pruner's reads made cheap."""
 
 from __future__ import annotations
 
 import secrets
+import threading
 import warnings
+from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial
 
-from sweeper.study.pruning import MedianPruner
+from sweeper.study.search_view import SearchView, search_view
 from sweeper.study.spec import StudySpec
 
 
@@ -28,7 +32,7 @@ def make_sampler(spec: StudySpec, seed: int) -> optuna.samplers.BaseSampler:
             warnings.catch_warnings()
         ):  # multivariate/group are "experimental" but the recommended TPE for conditionals
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(
+            return TPESampler(
                 seed=seed, n_startup_trials=s.n_startup_trials, multivariate=True, group=True, constant_liar=True
             )
     if s.type == "random":
@@ -47,3 +51,39 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     if p.type == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=max(1, p.warmup_epochs or 0), max_resource=spec.train.epochs)
     return optuna.pruners.NopPruner()
+
+
+class TPESampler(optuna.samplers.TPESampler):
+    """Optuna's ``TPESampler``, its samples unchanged, reading the study through ``search_view``: finished trials
+    from the worker's copy, running ones lean, each trial's finished ones once as Optuna's study would."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._views = threading.local()  # this thread's view of the study, for its current trial
+
+    def _view(self, study: optuna.Study, trial: FrozenTrial) -> optuna.Study:
+        view = getattr(self._views, "view", None)
+        if not (isinstance(view, SearchView) and view.number == trial.number and view._study is study):
+            view = self._views.view = search_view(study, trial.number)
+        return view
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return super().infer_relative_search_space(self._view(study, trial), trial)
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return super().sample_relative(self._view(study, trial), trial, search_space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return super().sample_independent(self._view(study, trial), trial, param_name, param_distribution)
+
+
+class MedianPruner(optuna.pruners.MedianPruner):
+    """Optuna's ``MedianPruner``, its decisions unchanged, reading the study's finished trials from the worker's
+    copy (``search_view``) at each report."""
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return super().prune(search_view(study), trial)

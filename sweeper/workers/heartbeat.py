@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 import optuna
 
 from sweeper.study import optuna_internals as internals
+from sweeper.study import optuna_reads as reads
 from sweeper.study.lock import study_lock, try_reapers_lock
 from sweeper.study.record import heartbeat_settings
 from sweeper.study.retry import call_with_retry
@@ -85,14 +86,14 @@ class Heartbeat:
         a while, they are stale)."""
         if self.storage is None:
             return
-        mine, now, found = set(self.running_ids()), time.monotonic(), internals.dead_trials(self.study)
+        mine, now, found = set(self.running_ids()), time.monotonic(), reads.dead_trials(self.study)
         self._unbeaten = {t: self._unbeaten.get(t, now) for t in set(found.unbeaten) - mine}
         due = {tid for tid, since in self._unbeaten.items() if now - since >= self.grace}
         if not due and not set(found.stale) - mine:
             return
 
         def dead() -> list[int]:  # read again where the reap is written: a trial may have beaten or ended since
-            found = internals.dead_trials(self.study)
+            found = reads.dead_trials(self.study)
             return sorted((set(found.stale) | due & set(found.unbeaten)) - set(self.running_ids()))
 
         for tid in requeue_dead(self.study, dead, self._stop.is_set):
