@@ -5,7 +5,9 @@ claims as Optuna's calls."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -35,6 +37,25 @@ def _rows(url: str, study_name: str) -> list[Any]:
             {"n": study_name},
         )
         return [tuple(r) for r in rows]
+
+
+def test_a_claims_start_is_optunas_in_any_time_zone(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optuna 5.1 stores a trial's start in UTC and shows it in the host's zone: on a host whose clock is not UTC
+    (+5:30), a claimed trial's start, new or popped, reads back as the host's now, as Optuna's own trial's does."""
+    monkeypatch.setenv("TZ", "XST-5:30")  # POSIX: 5 h 30 min east of UTC, no zone files needed
+    time.tzset()
+    try:
+        study = optuna.create_study(storage=make_storage(pg_url))
+        study.enqueue_trial({"x": 0.5})
+        before = datetime.now()
+        ours = [try_claim(study, budget=3, beat=lambda tid: None) for _ in range(2)]  # popped, then new
+        optunas = study.ask()
+        reader = make_storage(pg_url)  # a cache of its own: the starts as stored
+        starts = [reader.get_trial(t._trial_id).datetime_start for t in [*ours, optunas]]
+        assert all(abs((start - before).total_seconds()) < 60 for start in starts), (before, starts)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_a_claim_writes_what_optuna_writes(pg_url: str) -> None:

@@ -78,3 +78,23 @@ def test_a_trial_that_ended_before_its_reap_is_left_as_it_is(storage_url: str) -
     trials = study.get_trials(deepcopy=False)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]
     assert trials[2].system_attrs["failed_trial"] == 1
+
+
+def test_a_beat_is_one_statement_that_optunas_check_reads(storage_url: str) -> None:
+    """On PostgreSQL a heartbeat is one statement (Optuna's takes four round trips); Optuna's own stale-trial check
+    reads it as its own: stale once the grace has passed without one, fresh again after the next."""
+    name = optuna.create_study(storage=make_storage(storage_url)).study_name
+    study = _alive(storage_url, name)
+    tid = internals.trial_id(study.ask())
+    rdb, statements = internals.rdb_backend(study), []
+    sa.event.listen(rdb.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    study._storage.record_heartbeat(tid)  # the row made
+    study._storage.record_heartbeat(tid)  # the row set
+    if rdb.engine.dialect.name == "postgresql":
+        assert len(statements) == 2, statements
+    deadline = time.monotonic() + 30
+    while tid not in rdb._get_stale_trial_ids(internals.study_id(study)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert tid in rdb._get_stale_trial_ids(internals.study_id(study))
+    study._storage.record_heartbeat(tid)
+    assert tid not in rdb._get_stale_trial_ids(internals.study_id(study))

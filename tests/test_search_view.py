@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.study import optuna_internals as internals
+from sweeper.study import optuna_reads as reads
 from sweeper.study.search_view import FinishedTrials, search_view
 from sweeper.study.storage import make_storage
 from sweeper.study.strategy import MedianPruner, TPESampler
@@ -138,8 +139,8 @@ def test_its_samples_are_optunas(storage_url: str) -> None:
 
 
 def test_a_trial_reads_the_running_trials_lean(storage_url: str) -> None:
-    """With 20 trials running, a trial's sampling reads them in plain rows: Optuna's cache is not asked for them
-    (it would build each whole, with its attributes and intermediate values, three times a trial)."""
+    """With 20 trials running, a trial's sampling reads them in plain rows: Optuna's storage is not asked for them
+    (its cache would build each whole, with its attributes and intermediate values, three times a trial)."""
     study = _study_with_running_trials(storage_url)
     for _ in range(15):
         _objective_part(study.ask())
@@ -153,4 +154,26 @@ def test_a_trial_reads_the_running_trials_lean(storage_url: str) -> None:
     _objective_part(trial)
     running = [t.number for t in built if t.state == TrialState.RUNNING and t.number != trial.number]
     assert not running, f"running trials read whole: {running}"
-    assert len(built) >= 12  # the finished trials, once (the check above saw the reads)
+    assert trial.relative_params  # TPE past its start-up trials: it read the finished ones
+
+
+def test_trials_read_in_plain_rows_are_optunas(storage_url: str) -> None:
+    """Trials of every kind (values infinite, intermediate values NaN and infinite, attributes, parameters of
+    every distribution) read in plain rows are the trials Optuna's storage builds, field for field."""
+    study = optuna.create_study(storage=make_storage(storage_url), direction="maximize")
+    for i in range(6):
+        trial = study.ask()
+        _objective_part(trial)
+        trial.set_user_attr("list", [i, "x"])
+        study._storage.set_trial_system_attr(trial._trial_id, "note", {"i": i})
+        for step, value in enumerate([0.5, float("nan"), float("inf"), float("-inf")][: i + 1]):
+            trial.report(value, step)
+        value, state = [(1.5, None), (float("inf"), None), (None, TrialState.PRUNED), (None, TrialState.FAIL)][i % 4]
+        study.tell(trial, value, state=state)
+    _objective_part(study.ask())  # one running
+    fresh = optuna.load_study(study_name=study.study_name, storage=make_storage(storage_url))  # nothing cached
+    ids = {internals.trial_id(t) for t in study.get_trials()}
+    ours = reads.read_trials(fresh, ids)
+    optunas = internals.rdb_backend(fresh)._get_trials(internals.study_id(fresh), None, ids, 2**31 - 1)
+    assert [repr(t) for t in sorted(ours, key=lambda t: t.number)] == [repr(t) for t in optunas]
+    assert [t.state for t in optunas].count(TrialState.RUNNING) == 1 and len(optunas) == 7

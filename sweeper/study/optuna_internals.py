@@ -75,6 +75,30 @@ def heartbeat_storage(study: optuna.Study) -> Any | None:
     return st if isinstance(st, BaseHeartbeat) and is_heartbeat_enabled(st) else None
 
 
+def record_heartbeat(rdb: RDBStorage, trial_id: int) -> None:
+    """Optuna's ``record_heartbeat``, on PostgreSQL as one statement: the trial's heartbeat row made or set to the
+    server's clock, as Optuna's own sets it (its ORM reads the row, then the clock, then writes: four round trips,
+    and at 256 workers an eighth of the workers' CPU); inside ``one_transaction``, in its transaction, as Optuna's
+    own would be. Elsewhere Optuna's own."""
+    if rdb.engine.dialect.name != "postgresql":
+        return RDBStorage.record_heartbeat(rdb, trial_id)
+    from optuna.storages._rdb import models
+    from sqlalchemy import func
+    from sqlalchemy.dialects.postgresql import insert
+
+    beats = models.TrialHeartbeatModel.__table__
+    upsert = insert(beats).values(trial_id=trial_id, heartbeat=func.current_timestamp())
+    upsert = upsert.on_conflict_do_update(
+        index_elements=[beats.c.trial_id], set_={"heartbeat": upsert.excluded.heartbeat}
+    )
+    session = open_transaction(rdb)
+    if session is not None:  # a claim's first beat, in the claim's transaction (its trial not yet committed)
+        session.execute(upsert)
+        return
+    with rdb.engine.begin() as conn:
+        conn.execute(upsert)
+
+
 def fail_and_retry(study: optuna.Study, tid: int) -> bool:
     """Fail a RUNNING trial as stale and hand it to the storage's stale-trial callback (its retry), as
     ``fail_stale_trials`` does; False if it had ended already (another worker was first)."""

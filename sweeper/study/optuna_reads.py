@@ -66,62 +66,106 @@ def trial_states_above(study: optuna.Study, low: int) -> list[tuple[int, TrialSt
 
 
 def read_trials(study: optuna.Study, ids: set[int]) -> list[FrozenTrial]:
-    """These trials of the study: the finished ones Optuna's cache holds (its sampler read them), the others read
-    whole, as its cache reads them."""
+    """These trials of the study, whole: the finished ones Optuna's cache holds (its sampler read them), the
+    others read in plain rows (``_trials``)."""
     from optuna.storages._cached_storage import _CachedStorage
+    from optuna.storages._rdb import models
 
     st, rdb, found = study._storage, rdb_backend(study), []
     if isinstance(st, _CachedStorage):
         with st._lock:
             found = [t for t in map(st._get_cached_trial, ids) if t is not None]
     rest = ids - {t._trial_id for t in found}
-    return found + ([] if rdb is None or not rest else rdb._get_trials(study._study_id, None, rest, 2**31 - 1))
+    if rdb is None or not rest:
+        return found
+    return found + _trials(rdb, study._study_id, models.TrialModel.trial_id.in_(sorted(rest)), whole=True)
 
 
 def running_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The study's RUNNING trials as a sampler reads them, by number: number, start, parameters and system
-    attributes (where TPE's constant liar finds the parameters a running trial was given before it stored them),
-    in three queries of plain rows; no intermediate values, user attributes or heartbeats. Optuna's cache builds
-    each whole, through its ORM: 256 running trials, ~0.5 s of a worker's CPU, three times a trial."""
+    attributes (where TPE's constant liar finds the parameters a running trial was given before it stored them);
+    no intermediate values or user attributes. Optuna's cache builds each whole through its ORM: 256 running
+    trials, ~0.5 s of a worker's CPU, three times a trial."""
     from optuna.storages._rdb import models
-    from sqlalchemy import select
 
     rdb = rdb_backend(study)
     if rdb is None:
-        return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-    trials, params, attrs = models.TrialModel, models.TrialParamModel, models.TrialSystemAttributeModel
-    mine = (trials.study_id == study._study_id, trials.state == TrialState.RUNNING)
-    rows, param_rows, attr_rows = _read(
+        return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return _trials(rdb, study._study_id, models.TrialModel.state == TrialState.RUNNING, whole=False)
+
+
+def _trials(rdb: RDBStorage, study_id: int, where: Any, whole: bool) -> list[FrozenTrial]:
+    """The study's trials that ``where`` selects, by number, built from plain rows as Optuna's
+    ``_build_frozen_trial_from_trial_model`` builds them, one query a table on one connection (Optuna's ORM makes
+    an object of every row first: most of a worker's CPU at hundreds of workers). ``whole``: with their values,
+    intermediate values and user attributes; else without."""
+    from optuna.storages._rdb import models as m
+    from sqlalchemy import select
+
+    t = m.TrialModel
+    chosen = (t.study_id == study_id, where)
+    tables = [  # each table of a trial's rows, its columns read
+        (m.TrialParamModel, ["param_name", "param_value", "distribution_json"]),
+        (m.TrialSystemAttributeModel, ["key", "value_json"]),
+    ]
+    if whole:
+        tables += [
+            (m.TrialUserAttributeModel, ["key", "value_json"]),
+            (m.TrialValueModel, ["objective", "value", "value_type"]),
+            (m.TrialIntermediateValueModel, ["step", "intermediate_value", "intermediate_value_type"]),
+        ]
+    c = t.__table__.c
+    rows, *children = _read(
         rdb,
-        [
-            select(trials.trial_id, trials.number, trials.__table__.c.datetime_start).where(*mine),
-            select(params.trial_id, params.param_name, params.param_value, params.distribution_json)
-            .join(trials, trials.trial_id == params.trial_id)
-            .where(*mine),
-            select(attrs.trial_id, attrs.key, attrs.value_json)
-            .join(trials, trials.trial_id == attrs.trial_id)
-            .where(*mine),
+        [select(c.trial_id, c.number, c.state, c.datetime_start, c.datetime_complete).where(*chosen)]
+        + [
+            select(model.trial_id, *(model.__table__.c[name] for name in names))
+            .join(t, t.trial_id == model.trial_id)
+            .where(*chosen)
+            .order_by(*model.__table__.primary_key.columns)  # the order Optuna's rows come in: parameters' order
+            for model, names in tables
         ],
     )
-    params_of: dict[int, dict[str, Any]] = {int(tid): {} for tid, _, _ in rows}
-    distributions_of: dict[int, dict[str, BaseDistribution]] = {tid: {} for tid in params_of}
-    attrs_of: dict[int, dict[str, Any]] = {tid: {} for tid in params_of}
-    for tid, name, value, dist_json in param_rows:
-        if int(tid) in params_of:  # not a trial that started between the queries
-            distribution = distributions_of[int(tid)][name] = _distribution(dist_json)
-            params_of[int(tid)][name] = distribution.to_external_repr(value)
-    for tid, key, value_json in attr_rows:
-        if int(tid) in attrs_of:
-            attrs_of[int(tid)][key] = json.loads(value_json)
-    found = [
-        FrozenTrial(
-            number=number, state=TrialState.RUNNING, value=None, values=None, datetime_start=_local(start),
-            datetime_complete=None, params=params_of[int(tid)], distributions=distributions_of[int(tid)],
-            user_attrs={}, system_attrs=attrs_of[int(tid)], intermediate_values={}, trial_id=int(tid),
-        )
-        for tid, number, start in rows
-    ]  # fmt: skip
-    return sorted(found, key=lambda t: t.number)
+    parts: dict[int, dict[str, Any]] = {
+        int(tid): dict(params={}, distributions={}, system_attrs={}, user_attrs={}, values={}, intermediate_values={})
+        for tid, *_ in rows
+    }
+    for (table, *_), table_rows in zip(tables, children, strict=True):
+        for tid, *row in table_rows:
+            if (part := parts.get(int(tid))) is not None:  # not a trial that came between the queries
+                _add(part, table, row)
+    found = []
+    for tid, number, state, start, complete in rows:
+        part = parts[int(tid)]
+        values = part.pop("values")
+        found.append(
+            FrozenTrial(
+                number=number, state=TrialState(state), value=None,
+                values=[values[k] for k in sorted(values)] if values else None,
+                datetime_start=_local(start), datetime_complete=_local(complete), trial_id=int(tid), **part,
+            )
+        )  # fmt: skip
+    return sorted(found, key=lambda trial: trial.number)
+
+
+def _add(part: dict[str, Any], table: Any, row: list[Any]) -> None:
+    """One child row of a trial, as Optuna's trial holds it."""
+    from optuna.storages._rdb import models as m
+
+    if table is m.TrialParamModel:
+        name, value, dist_json = row
+        distribution = part["distributions"][name] = _distribution(dist_json)
+        part["params"][name] = distribution.to_external_repr(value)
+    elif table is m.TrialSystemAttributeModel:
+        part["system_attrs"][row[0]] = json.loads(row[1])
+    elif table is m.TrialUserAttributeModel:
+        part["user_attrs"][row[0]] = json.loads(row[1])
+    elif table is m.TrialValueModel:
+        objective, value, kind = row
+        part["values"][objective] = m.TrialValueModel.stored_repr_to_value(value, kind)
+    else:
+        step, value, kind = row
+        part["intermediate_values"][step] = m.TrialIntermediateValueModel.stored_repr_to_intermediate_value(value, kind)
 
 
 def _local(utc: datetime | None) -> datetime | None:

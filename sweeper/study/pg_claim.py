@@ -15,7 +15,7 @@ Where it cannot be made (no CREATE right on the schema) the claim is sent as Opt
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import sqlalchemy as sa
@@ -111,8 +111,9 @@ def claim(rdb: RDBStorage, name: str, study_id: int, budget: int, *, beat: bool,
     import uuid
 
     token, started = uuid.uuid4().hex, datetime.now()  # Optuna's start time: the client's clock, as Optuna's own
+    stored = started.astimezone(UTC).replace(tzinfo=None)  # Optuna 5.1 stores it in UTC, shows it local
     call = sa.text(f"SELECT * FROM {NAME}(:key, :study, :budget, :token, :started, :beat)")
-    params = dict(key=lock.lock_key(name), study=study_id, budget=budget, token=token, started=started, beat=beat)
+    params = dict(key=lock.lock_key(name), study=study_id, budget=budget, token=token, started=stored, beat=beat)
     engine = rdb.engine.execution_options(isolation_level="AUTOCOMMIT")  # the statement is its transaction
 
     def attempt() -> Claimed | None:

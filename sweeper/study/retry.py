@@ -33,6 +33,7 @@ from sweeper.study.optuna_internals import (
     lock_study,
     lock_trial,
     rdb_method,
+    record_heartbeat,
 )
 from sweeper.study.urls import mask_url
 
@@ -214,4 +215,4 @@ RETRIED = (
 for _name in (*RETRIED, *CACHED_BACKEND_CALLS):
     setattr(RetryingRDBStorage, _name, retrying(rdb_method(_name)))
 # heartbeats come from a background thread: if it died on a restart, the trial would be failed as stale
-RetryingRDBStorage.record_heartbeat = _heartbeat(optuna.storages.RDBStorage.record_heartbeat)  # type: ignore[method-assign]
+RetryingRDBStorage.record_heartbeat = _heartbeat(record_heartbeat)  # type: ignore[method-assign]
