@@ -57,3 +57,21 @@ def test_checkpoint_cost_quick_run_writes_its_table(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = [line for line in out.read_text().splitlines() if line.startswith("quick MLP")]
     assert [r.split()[4] for r in rows] == ["folder", "MLflow"], rows  # both stores measured
+
+
+def test_trial_reads_quick_run_writes_its_table(tmp_path: Path) -> None:
+    """Optuna's reads and sweeper's measured side by side on a PostgreSQL of its own, and the reads whole."""
+    import pytest
+
+    from conftest import _initdb_dir
+
+    if _initdb_dir() is None:
+        pytest.skip("needs PostgreSQL's initdb (Debian: apt-get install postgresql)")
+    out = tmp_path / "reads.txt"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "trial_reads.py"), "--quick", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [line.split() for line in out.read_text().splitlines() if not line.startswith("#")]
+    runs = [(r[0], r[2]) for r in rows if len(r) == 7]  # running, reads
+    assert runs == [("0", "optuna"), ("0", "sweeper"), ("16", "optuna"), ("16", "sweeper")], rows
+    assert [r[0] for r in rows if len(r) == 4] == ["1", "5"]  # reads whole, by batch

@@ -3,6 +3,7 @@ running trials lean."""
 
 from __future__ import annotations
 
+import pickle
 import random
 
 import optuna
@@ -128,7 +129,8 @@ def test_its_samples_are_optunas(storage_url: str) -> None:
     study = _study_with_running_trials(storage_url)
     settings = dict(seed=11, n_startup_trials=4, multivariate=True, group=True, constant_liar=True)
     trial = internals.frozen(study, internals.trial_id(study.ask()))
-    ours, optunas = TPESampler(**settings), optuna.samplers.TPESampler(**settings)
+    ours = pickle.loads(pickle.dumps(TPESampler(**settings)))  # it pickles, as Optuna's samplers do
+    optunas = optuna.samplers.TPESampler(**settings)
     space = ours.infer_relative_search_space(study, trial)
     assert space == optunas.infer_relative_search_space(study, trial)
     assert set(space) == {"x", "kind", "n", "z"}

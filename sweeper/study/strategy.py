@@ -61,6 +61,13 @@ class TPESampler(optuna.samplers.TPESampler):
         super().__init__(*args, **kwargs)
         self._views = threading.local()  # this thread's view of the study, for its current trial
 
+    def __getstate__(self) -> dict[str, Any]:  # a sampler pickles, as Optuna's do (its views are this process's)
+        return {k: v for k, v in self.__dict__.items() if k != "_views"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._views = threading.local()
+
     def _view(self, study: optuna.Study, trial: FrozenTrial) -> optuna.Study:
         view = getattr(self._views, "view", None)
         if not (isinstance(view, SearchView) and view.number == trial.number and view._study is study):
