@@ -71,12 +71,15 @@ _LEAN = frozenset({TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, Tria
 
 class SearchView:
     """The study, but its trials in these states read from the worker's copy (finished) and lean (running); the
-    rest is the study itself. ``cached``: its finished trials are read once, at the first call that lets Optuna
-    use its cache (``use_cache``), as Optuna's study reads them once a trial (a sampler's view lives for a trial)."""
+    rest is the study itself. Its finished trials are read once, at the first call that lets Optuna use its cache
+    (``use_cache``), as Optuna's study reads them once a trial (a sampler's view lives for a trial, ``number``)."""
 
     def __init__(self, study: optuna.Study, finished: FinishedTrials, number: int | None = None) -> None:
         self._study, self._finished, self.number = study, finished, number
         self._cached: list[FrozenTrial] | None = None
+
+    def is_for(self, study: optuna.Study, number: int | None) -> bool:
+        return self._study is study and self.number == number
 
     def get_trials(self, deepcopy: bool = True, states: Container[TrialState] | None = None) -> list[FrozenTrial]:
         return self._get_trials(deepcopy, states)

@@ -70,7 +70,7 @@ class TPESampler(optuna.samplers.TPESampler):
 
     def _view(self, study: optuna.Study, trial: FrozenTrial) -> optuna.Study:
         view = getattr(self._views, "view", None)
-        if not (isinstance(view, SearchView) and view.number == trial.number and view._study is study):
+        if not (isinstance(view, SearchView) and view.is_for(study, trial.number)):
             view = self._views.view = search_view(study, trial.number)
         return view
 
